@@ -1,0 +1,119 @@
+"""The record types every reader returns, image opening, and the skip counter.
+
+All dataset readers (shapes world, embedded datasets, real formats) produce the same two
+record types, so training and evaluation never care where data came from:
+
+- `ImageTextRecord`: one image with its captions (and optional class label, split, domain).
+- `VQARecord`: one question about one image with its 10 human answers.
+
+Images are referenced lazily (`ImageRef`: a path, raw bytes, or an in-memory PIL image)
+and opened with `open_image`, which always returns RGB (RGBA composited onto white).
+
+Bad samples never kill a run: readers call `SkipCounter.skip(reason, where)` and move on;
+the count is reported at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+ImageRef = Union[str, Path, bytes, Image.Image]
+
+
+class BadImage(ValueError):
+    """An image could not be decoded (corrupt, truncated, missing or not an image)."""
+
+
+@dataclass
+class ImageTextRecord:
+    """One image and what is said about it."""
+
+    id: str  # unique within its dataset
+    image: ImageRef  # path, encoded bytes, or PIL image; open with open_image()
+    captions: list[str] = field(default_factory=list)  # zero or more captions
+    label: str | None = None  # class name, for classification datasets
+    split: str | None = None  # "train" / "val" / "test" / ...
+    domain: str | None = None  # NoCaps-style domain: "in" / "near" / "out"
+
+
+@dataclass
+class VQARecord:
+    """One question about one image, with the human answers."""
+
+    question_id: str  # unique within its dataset
+    image_id: str  # id of the image the question is about
+    image: ImageRef  # path, encoded bytes, or PIL image
+    question: str  # e.g. "what colour is the circle?"
+    answers: list[str]  # the 10 human answers (VQAv2 protocol)
+    answer_type: str | None = None  # "yes/no" / "number" / "other" / shapes-world types
+    split: str | None = None  # "train" / "val" / "test" / ...
+
+
+def open_image(ref: ImageRef) -> Image.Image:
+    """Decode `ref` into an RGB PIL image; transparent pixels are composited onto white.
+
+    Raises BadImage with a one-line reason for anything that is not a readable image.
+    """
+    try:
+        if isinstance(ref, Image.Image):
+            image = ref
+        elif isinstance(ref, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(ref))
+            image.load()
+        else:
+            with Image.open(ref) as handle:
+                handle.load()
+                image = handle.copy()
+    except FileNotFoundError as err:
+        raise BadImage(f"missing image file {ref}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        where = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
+        raise BadImage(f"cannot decode image {where}: {err}") from err
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`; RGBA / LA / palette-with-transparency go onto a white background."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class SkipCounter:
+    """Counts samples skipped for bad input, by reason, and logs the first few of each."""
+
+    def __init__(self, name: str = "data", log_first: int = 3):
+        self.name = name  # shown in the summary line
+        self.log_first = log_first  # how many examples of each reason to log
+        self.by_reason: Counter[str] = Counter()
+
+    def skip(self, reason: str, where: str = "") -> None:
+        self.by_reason[reason] += 1
+        if self.by_reason[reason] <= self.log_first:
+            log.warning("%s: skipped %s (%s)", self.name, where or "a sample", reason)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+    def summary(self) -> str:
+        if not self.total:
+            return f"{self.name}: no samples skipped"
+        parts = ", ".join(f"{n} {reason}" for reason, n in self.by_reason.most_common())
+        return f"{self.name}: skipped {self.total} samples ({parts})"
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.by_reason)

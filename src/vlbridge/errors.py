@@ -1,0 +1,19 @@
+"""Exception types that mean "the user gave something wrong".
+
+The CLI turns a `UserError` into one line on stderr and a non-zero exit code, never a
+traceback. Library code raises it (or a subclass) for anything a user can fix: a missing
+file, a bad format, an unknown encoder name, a missing embedded asset. Programming errors
+stay ordinary exceptions so their tracebacks are kept.
+"""
+
+
+class UserError(Exception):
+    """Something the user supplied is wrong or missing; the message says what and how to fix it."""
+
+
+class AssetMissingError(UserError):
+    """An embedded asset (installed by `make setup`) is not present on this machine."""
+
+
+class BadInputError(UserError):
+    """A file given on the command line is unreadable or has the wrong format."""

@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot, linear probe, retrieval, robustness, captioning and VQA protocols."""

@@ -1,0 +1,52 @@
+"""`ClipBundle`: a CLIP model together with its image preprocessing and tokenizer.
+
+Everything that consumes a CLIP (zero-shot, probes, retrieval, CLIP-S scoring, the LiMBeR
+CLIP encoder) takes a bundle, whatever the CLIP came from: a vlbridge checkpoint, an
+open_clip/OpenAI checkpoint file, a HF CLIPModel directory, or a LiT model. The model must
+offer `encode_image(pixel_values) -> (B, E)` and `encode_text(token_ids) -> (B, E)`;
+`tokenizer(list[str])` returns exactly what `encode_text` accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlbridge.data.records import to_rgb
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP ready to embed images and texts."""
+
+    model: torch.nn.Module  # has encode_image / encode_text (and usually logit_scale)
+    preprocess: Callable[[Image.Image], torch.Tensor]  # PIL RGB -> (3, H, W) eval transform
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]  # texts -> what encode_text accepts
+    name: str  # human-readable identity, shown in outputs (e.g. "vlbridge:runs/clip@step-500")
+    device: torch.device = torch.device("cpu")  # where the model lives
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64, normalize: bool = True) -> torch.Tensor:
+        """(N, E) image embeddings (L2-normalised by default), computed in eval mode, returned on CPU."""
+        self.model.eval()
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self.preprocess(to_rgb(im)) for im in images[start : start + batch_size]])
+            chunks.append(self.model.encode_image(batch.to(self.device)).float().cpu())
+        embeddings = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+        return F.normalize(embeddings, dim=-1) if normalize and len(embeddings) else embeddings
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256, normalize: bool = True) -> torch.Tensor:
+        """(N, E) text embeddings (L2-normalised by default), computed in eval mode, returned on CPU."""
+        self.model.eval()
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+            chunks.append(self.model.encode_text(tokens).float().cpu())
+        embeddings = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+        return F.normalize(embeddings, dim=-1) if normalize and len(embeddings) else embeddings

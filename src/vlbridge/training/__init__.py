@@ -1,0 +1,1 @@
+"""Training: distributed set-up, checkpoints, the CLIP and LiMBeR training loops."""

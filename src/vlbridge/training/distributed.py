@@ -1,0 +1,98 @@
+"""Process-group set-up for single-process and `torchrun` runs, and small rank helpers.
+
+`init_distributed(device)` reads the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK),
+picks the backend (nccl on CUDA, gloo on CPU) and returns a `DistEnv`. Without torchrun it
+returns a world of one and never touches torch.distributed, so every training entry point runs
+the same way in both cases. `autocast(device)` gives bf16 autocast on GPU and a no-op on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0  # global rank of this process
+    world_size: int = 1  # number of processes in the job
+    local_rank: int = 0  # rank on this machine (selects the GPU)
+    device: torch.device = torch.device("cpu")  # device this process computes on
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> this rank's GPU if CUDA is available, else CPU; otherwise the named device."""
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(preference)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(device_preference: str = "auto") -> DistEnv:
+    """Join the torchrun process group if there is one; return this process's DistEnv."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        log.info("joined process group: rank %d/%d, backend %s, device %s", rank, world_size, backend, device)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def cleanup(env: DistEnv) -> None:
+    """Leave the process group (no-op for a single process)."""
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Mean of `value` over ranks (a copy; the input is untouched)."""
+    if not env.distributed:
+        return value.detach().clone()
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced / env.world_size
+
+
+def gather_objects(obj, env: DistEnv) -> list:
+    """Every rank's `obj` as a list on every rank (rank order); [obj] for one process."""
+    if not env.distributed:
+        return [obj]
+    gathered: list = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; fp32 (no autocast) on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
