@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 $(ASSETS): scripts/install-assets.sh $(STAMP)
 	bash scripts/install-assets.sh $(PY)
-	touch $@
+	@if $(PY) -m vlbridge -q assets --check >/dev/null; then touch $@; \
+	else echo "warning: some embedded assets are missing (see above); the next 'make setup' retries them"; fi
 
 demo: setup
 	$(VENV)/bin/vlbridge study --out runs/demo
