@@ -12,5 +12,9 @@ import torch  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    # Tiny models run far faster on one thread, and CI's two cores are shared by test workers.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,200 @@
+"""Image-caption data for LiMBeR training: dataset names -> records -> per-step batches.
+
+`load_caption_records(dataset, split, n, seed, image_size)` reads the training records:
+`shapes` (the procedural shapes world), `twemoji` (embedded Twemoji), or any format spec
+understood by `vlbridge.data.formats.load_image_text`. `tokenize_captions` turns every
+caption of every record into token ids once. `CaptionBatcher` then decides, for every
+global step, which records form the batch and which of their captions is the target:
+
+- epoch e visits all records in the order `permutation(N)` of a numpy Generator seeded
+  with (seed, e), and samples one caption per record from the same Generator, so the data
+  of step s is a pure function of (seed, s): resuming at any step replays it exactly;
+- the last incomplete global batch of an epoch is dropped (every step sees `batch_size`);
+- under DDP, rank r of W takes slice r of each global batch (batch_size / W records), so a
+  run with W processes sees exactly the samples of a 1-process run with the same global batch.
+
+Batches follow the project's batch format: `image_features` (B, D) or (B, N, D) from the
+feature cache, or `pixel_values` (B, 3, H, W) when the encoder is tuned (run every step),
+plus `input_ids` (list of caption token lists; `Limber.training_inputs` adds EOS and pads)
+and `id`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter, open_image
+from vlbridge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+NAMED_DATASETS = ("shapes", "twemoji")  # names besides format specs
+
+
+def load_caption_records(
+    dataset: str, split: str = "train", n: int = 0, seed: int = 0, image_size: int = 64
+) -> list[ImageTextRecord]:
+    """Image-caption records of `dataset` / `split` (at most `n` when n > 0); records without captions dropped."""
+    if dataset == "shapes":
+        from vlbridge.data.shapes import image_text_records
+
+        records = image_text_records(n or 2000, split=split, seed=seed, image_size=image_size)
+    elif dataset == "twemoji":
+        from vlbridge.data.embedded import twemoji_records
+
+        records = twemoji_records(split=split, seed=seed)
+    else:
+        records = _format_records(dataset, split)
+    if n > 0:
+        records = list(records)[:n]
+    return drop_captionless(records, where=dataset)
+
+
+def _format_records(spec: str, split: str) -> list[ImageTextRecord]:
+    try:
+        from vlbridge.data.formats import load_image_text
+    except ImportError as err:
+        raise UserError(
+            f"unknown dataset {spec!r}: expected one of {', '.join(NAMED_DATASETS)} or a format spec "
+            "(vlbridge.data.formats is not available in this install)"
+        ) from err
+    records = list(load_image_text(spec))
+    if any(record.split for record in records):
+        records = [record for record in records if record.split == split]
+    if not records:
+        raise UserError(f"dataset {spec!r} has no records for split {split!r}")
+    return records
+
+
+def drop_captionless(records: Sequence[ImageTextRecord], where: str = "data") -> list[ImageTextRecord]:
+    """Keep records with at least one non-empty caption; count the others as skipped."""
+    skips = SkipCounter(where)
+    kept = []
+    for record in records:
+        if any(caption.strip() for caption in record.captions):
+            kept.append(record)
+        else:
+            skips.skip("no caption", record.id)
+    if skips.total:
+        log.warning(skips.summary())
+    if not kept:
+        raise UserError(f"{where}: no records with captions; LiMBeR training needs image-caption pairs")
+    return kept
+
+
+def dataset_cache_name(dataset: str, seed: int, image_size: int) -> str:
+    """Name under which the feature cache stores this dataset (includes what changes the images)."""
+    if dataset == "shapes":
+        return f"shapes-seed{seed}-size{image_size}"
+    return dataset
+
+
+def tokenize_captions(tokenize: Callable[[list[str]], list[list[int]]], records, max_tokens: int) -> list[list[list[int]]]:
+    """Token ids of every non-empty caption of every record (no EOS), truncated to `max_tokens`."""
+    texts = [[c.strip() for c in record.captions if c.strip()] for record in records]
+    flat = tokenize([text for caps in texts for text in caps])
+    out, start = [], 0
+    for caps in texts:
+        out.append([ids[:max_tokens] for ids in flat[start : start + len(caps)]])
+        start += len(caps)
+    return out
+
+
+def keep_readable_images(records: Sequence[ImageTextRecord]) -> list[ImageTextRecord]:
+    """Records whose image opens (the tuned encoder reads pixels every step); others skipped and counted."""
+    skips = SkipCounter("images")
+    kept = []
+    for record in records:
+        try:
+            open_image(record.image)
+        except BadImage as err:
+            skips.skip(str(err).split(":")[0], record.id)
+            continue
+        kept.append(record)
+    if skips.total:
+        log.warning(skips.summary())
+    if not kept:
+        raise UserError("no readable images in the training data")
+    return kept
+
+
+@dataclass
+class StepSamples:
+    """What one rank trains on at one step."""
+
+    record_indices: list[int]  # indices into the record list
+    caption_indices: list[int]  # which caption of each record is the target
+
+
+class CaptionBatcher:
+    """Deterministic (seed, step) -> this rank's records + caption choices (see module docstring)."""
+
+    def __init__(self, caption_counts: Sequence[int], global_batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if global_batch_size % world_size:
+            raise UserError(f"batch_size {global_batch_size} must be divisible by the number of processes {world_size}")
+        if len(caption_counts) < global_batch_size:
+            raise UserError(f"batch_size {global_batch_size} is larger than the dataset ({len(caption_counts)} records)")
+        self.caption_counts = np.asarray(caption_counts, dtype=np.int64)  # captions per record
+        self.global_batch_size = global_batch_size  # records per step, all ranks together
+        self.local_batch_size = global_batch_size // world_size  # records per step on this rank
+        self.seed = seed  # data-order seed
+        self.rank = rank  # this process's slice of every global batch
+        self.steps_per_epoch = len(caption_counts) // global_batch_size  # incomplete batch dropped
+        self._cached_epoch: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(record order (N,), caption choice per record (N,)) of `epoch`."""
+        if self._cached_epoch is None or self._cached_epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.caption_counts))
+            choice = np.floor(rng.random(len(self.caption_counts)) * self.caption_counts).astype(np.int64)
+            self._cached_epoch = (epoch, order, choice)
+        return self._cached_epoch[1], self._cached_epoch[2]
+
+    def samples(self, step: int) -> StepSamples:
+        """This rank's samples at global step `step` (0-based)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order, choice = self.epoch_plan(epoch)
+        start = within * self.global_batch_size + self.rank * self.local_batch_size
+        indices = order[start : start + self.local_batch_size]
+        return StepSamples(record_indices=indices.tolist(), caption_indices=choice[indices].tolist())
+
+
+def make_batch(
+    samples: StepSamples,
+    records: Sequence[ImageTextRecord],
+    caption_ids: Sequence[Sequence[list[int]]],
+    features: torch.Tensor | None = None,
+    preprocess: Callable | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Batch dict for `samples`: cached `image_features` rows, or `pixel_values` made with `preprocess`."""
+    batch: dict = {
+        "input_ids": [list(caption_ids[i][c]) for i, c in zip(samples.record_indices, samples.caption_indices)],
+        "id": [records[i].id for i in samples.record_indices],
+    }
+    if features is not None:
+        index = torch.tensor(samples.record_indices, device=features.device)
+        batch["image_features"] = features.index_select(0, index).to(device)  # (B, D) or (B, N, D)
+    elif preprocess is not None:
+        pixels = [preprocess(open_image(records[i].image)) for i in samples.record_indices]
+        batch["pixel_values"] = torch.stack(pixels).to(device)  # (B, 3, H, W)
+    else:
+        raise ValueError("make_batch needs cached features or a preprocess function")
+    return batch
+
+
+def stack_features(records: Sequence[ImageTextRecord], by_id: dict[str, torch.Tensor]) -> tuple[list[ImageTextRecord], torch.Tensor]:
+    """Records that have cached features, and their features stacked in record order: (N, D) or (N, T, D)."""
+    kept = [record for record in records if record.id in by_id]
+    missing = len(records) - len(kept)
+    if missing:
+        log.warning("%d records have no features (unreadable images?) and are left out", missing)
+    if not kept:
+        raise UserError("no image features could be extracted for the training records")
+    return kept, torch.stack([by_id[record.id] for record in kept])

@@ -1,0 +1,161 @@
+"""Tests for `train_limber` / `vlbridge train limber`: what trains, exact resume, tuned encoder, CLI.
+
+A tiny random Llama (+ BPE tokenizer) and timm's test_resnet at 32 px are saved to disk and
+loaded through the real loaders; data are 16 shapes-world images; features go through the
+real FeatureStore (one cache per module, so they are extracted once).
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from limber_train_helpers import make_tiny_encoder, make_tiny_lm, one_cpu_thread  # noqa: F401
+from safetensors.torch import load_file
+
+from vlbridge.cli import main
+from vlbridge.errors import UserError
+from vlbridge.models.encoders import module_fingerprint
+from vlbridge.models.lm import FrozenLM
+from vlbridge.registry import build_encoder
+from vlbridge.training import projection
+from vlbridge.training.projection import LimberDataConfig, LimberOptimConfig, LimberTrainConfig, train_limber
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("limber_train")
+    lm_dir = make_tiny_lm(root / "lm")
+    encoder_spec = make_tiny_encoder(root / "encoder") + ":32px"
+    return {"lm": str(lm_dir), "encoder": encoder_spec, "cache": str(root / "features")}
+
+
+def tiny_config(assets, **changes) -> LimberTrainConfig:
+    config = LimberTrainConfig(
+        encoder=assets["encoder"],
+        lm=assets["lm"],
+        batch_size=4,
+        max_steps=6,
+        checkpoint_every=2,
+        log_every=1,
+        data=LimberDataConfig(n=16, image_size=32, feature_cache=assets["cache"]),
+        optim=LimberOptimConfig(warmup_steps=2),
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def projector_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.projector.state_dict().items()}
+
+
+def test_only_the_projector_trains(assets, tmp_path):
+    config = tiny_config(assets)
+    initial = projection.build_limber(config, torch.device("cpu"))
+    result = train_limber(config, tmp_path / "run")
+    lm_reference = FrozenLM.from_pretrained(assets["lm"]).parameter_hash()
+    assert result.model.lm.parameter_hash() == lm_reference
+    assert module_fingerprint([result.model.encoder]) == module_fingerprint([initial.encoder])
+    trained = projector_state(result.model)
+    assert set(trained) == {"proj.weight", "proj.bias"}
+    assert all(not torch.equal(trained[k], v) for k, v in projector_state(initial).items())
+    assert result.steps == 6 and [s for s, _ in result.losses] == [1, 2, 3, 4, 5, 6]
+    # the run directory holds everything to reload and resume
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "latest").is_file()
+    saved = load_file(str(run / "model" / "projector.safetensors"))
+    assert all(torch.equal(saved[k], trained[k]) for k in trained)
+    reloaded = projection.load_trained_limber(run)
+    assert all(torch.equal(v, trained[k]) for k, v in projector_state(reloaded).items())
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 7 and rows[0] == "step,loss,lr"
+    lrs = [float(row.split(",")[2]) for row in rows[1:]]
+    assert lrs[:2] == pytest.approx([4e-4, 8e-4])  # linear warmup over 2 steps, then cosine decay
+    assert lrs[2] == lrs[1] and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert projection.load_trained_limber(run).config.lm == assets["lm"]
+
+
+def test_step_loss_equals_the_hf_loss_of_the_model(assets):
+    model = projection.build_limber(tiny_config(assets), torch.device("cpu"))
+    batch = {"image_features": torch.randn(3, model.encoder.feature_dim), "input_ids": [[5, 6, 7], [8], [9, 10]]}
+    inputs = model.training_inputs(model.image_prefix(batch), batch["input_ids"])
+    logits = model.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"]).logits
+    loss_sum, count = projection.token_loss_sum(logits, inputs["labels"])
+    assert int(count) == 3 + 1 + 2 + 3  # caption tokens + one EOS each
+    torch.testing.assert_close(loss_sum / count, model.loss(batch), rtol=1e-6, atol=1e-6)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(assets, tmp_path):
+    config = tiny_config(assets, dropout=0.2)  # dropout: the RNG must be replayed too
+    straight = train_limber(config, tmp_path / "straight")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_5(step, _loss):
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_limber(config, tmp_path / "resumed", on_step=stop_at_5)
+    resumed = train_limber(config, tmp_path / "resumed", resume="latest")
+    assert [s for s, _ in resumed.losses] == [5, 6]  # restarted from the step-4 checkpoint
+    assert resumed.losses == straight.losses[4:]
+    for key, value in projector_state(straight.model).items():
+        assert torch.equal(projector_state(resumed.model)[key], value)
+    rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_resume_with_a_different_config_is_refused(assets, tmp_path):
+    train_limber(tiny_config(assets, max_steps=2), tmp_path / "run")
+    with pytest.raises(UserError, match="optim.lr: checkpoint 0.0008, now 0.001"):
+        train_limber(tiny_config(assets, max_steps=2, optim=LimberOptimConfig(lr=1e-3)), tmp_path / "run", resume="latest")
+    with pytest.raises(UserError, match="no checkpoint '7'"):
+        train_limber(tiny_config(assets, max_steps=2), tmp_path / "run", resume="7")
+
+
+def test_tuned_encoder_changes_and_is_saved(assets, tmp_path):
+    config = tiny_config(assets, tune_encoder=True, max_steps=2, optim=LimberOptimConfig(warmup_steps=0, encoder_lr=1e-2))
+    before = build_encoder(assets["encoder"])
+    result = train_limber(config, tmp_path / "run")
+    tuned = result.model.encoder
+    changed = [k for k, v in before.state_dict().items() if not torch.equal(v, tuned.state_dict()[k].cpu())]
+    assert changed and any("weight" in k for k in changed)
+    assert result.model.lm.parameter_hash() == FrozenLM.from_pretrained(assets["lm"]).parameter_hash()
+    saved = tmp_path / "run" / "model" / projection.TUNED_ENCODER_FILE
+    assert saved.is_file()
+    reloaded = projection.load_trained_limber(tmp_path / "run")
+    for key, value in tuned.state_dict().items():
+        assert torch.equal(reloaded.encoder.state_dict()[key], value)
+
+
+def test_cli_trains_and_reports(assets, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["train", "limber", "--encoder", assets["encoder"], "--lm", assets["lm"], "--data", "shapes",
+            "--out", str(out), "--steps", "2", "batch_size=4", "data.n=8", "data.image_size=32",
+            f"data.feature_cache={assets['cache']}"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "trained 2 steps" in printed and str(out / "model") in printed
+    assert (out / "model" / "projector.safetensors").is_file()
+    assert main(argv + ["--resume", "latest"]) == 0  # already finished: nothing left to do
+    assert main(argv + ["optim.lr=0.1", "--resume", "latest"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "limber", "--out", str(tmp_path)]) == 2
+    assert "no image encoder given" in capsys.readouterr().err
+    assert main(["train", "limber", "--encoder", "nope:x", "--out", str(tmp_path), "--lm", str(tmp_path)]) == 2
+    assert "unknown encoder" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(assets, tmp_path, monkeypatch):
+    real = projection.token_loss_sum
+
+    def poisoned(logits, labels):
+        loss_sum, count = real(logits, labels)
+        return loss_sum * float("nan"), count
+
+    monkeypatch.setattr(projection, "token_loss_sum", poisoned)
+    with pytest.raises(UserError, match="loss became nan at step 1; try a lower optim.lr"):
+        train_limber(tiny_config(assets, max_steps=2), tmp_path / "run")
