@@ -1,0 +1,251 @@
+"""Linear probe: multinomial logistic regression on frozen image features (CLIP's protocol).
+
+Objective (minimised by full-batch L-BFGS in torch, strong-Wolfe line search), stated in
+the *mean form* (the solver works on an equivalent, better-conditioned scaling; see
+`fit_logistic_regression`):
+
+    loss(W, b) = mean_i CE(W x_i + b, y_i) + (lambda / 2) * ||W||_F^2,   lambda = 1 / (C * n)
+
+which has the same minimiser as scikit-learn's `LogisticRegression(C=C)` objective
+`C * sum_i CE_i + 0.5 * ||W||^2` (sklearn itself optimises this scaled form). W is the full
+(classes x features) matrix (multinomial, like sklearn for >= 3 classes) and the intercept b
+is not penalised (like sklearn's lbfgs solver). With exactly 2 classes sklearn switches to
+one binary weight vector; our C then equals sklearn's 2*C.
+
+Protocol (`select_and_fit`): the inverse L2 strength C is swept over a log-spaced grid,
+each value fitted on the training features and scored on a validation split (given, or a
+stratified `val_fraction` of train, seeded); the C with the best validation top-1 (ties: the
+lower validation cross-entropy) is refitted on train+val. Features are used raw by default
+(as CLIP did); `standardize=True` z-scores them with the statistics of the set being fitted.
+Fits run in float64 by default: probes are tiny next to encoding, and float64 lets L-BFGS
+reach the true optimum, so results match scikit-learn.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vlbridge.errors import UserError
+from vlbridge.evaluation.zero_shot import classification_scores
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class ProbeConfig:
+    """How the probe is fitted and its L2 strength chosen."""
+
+    c_min: float = 1e-3  # smallest inverse L2 strength C in the sweep (strongest penalty)
+    c_max: float = 1e4  # largest C in the sweep (weakest penalty)
+    c_steps: int = 8  # log-spaced grid points from c_min to c_max (default: one per decade)
+    val_fraction: float = 0.2  # share of each class's train examples held out to choose C (no val split given)
+    standardize: bool = False  # z-score features before fitting (False = raw features, CLIP's protocol)
+    max_iter: int = 1000  # L-BFGS iterations per fit
+    tolerance: float = 1e-7  # stop when max |gradient| of the mean-form loss is below this (sklearn default: 1e-4)
+    seed: int = 0  # seeds the stratified train/validation split
+    device: str = "cpu"  # where the fit runs ("cpu", "cuda", "cuda:1", ...)
+    dtype: str = "float64"  # "float64" (exact, default) or "float32" (faster on GPU)
+
+    def c_grid(self) -> list[float]:
+        """The swept C values, ascending."""
+        if self.c_min <= 0 or self.c_max < self.c_min or self.c_steps < 1:
+            raise UserError(f"probe C grid needs 0 < c_min <= c_max and c_steps >= 1; got {self}")
+        if self.c_steps == 1:
+            return [float(self.c_min)]
+        low, high = math.log10(self.c_min), math.log10(self.c_max)
+        return [10 ** (low + (high - low) * i / (self.c_steps - 1)) for i in range(self.c_steps)]
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe: logits = ((x - mean) / scale) @ weight.T + bias."""
+
+    weight: torch.Tensor  # (C, D) class weights
+    bias: torch.Tensor  # (C,) intercepts
+    c: float  # inverse L2 strength it was fitted with
+    mean: torch.Tensor | None = None  # (D,) feature means when standardised
+    scale: torch.Tensor | None = None  # (D,) feature standard deviations when standardised
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C) class scores of (N, D) features."""
+        x = features.to(self.weight.device, self.weight.dtype)  # (N, D)
+        if self.mean is not None:
+            x = (x - self.mean) / self.scale  # (N, D)
+        return x @ self.weight.T + self.bias  # (N, C)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) predicted class indices."""
+        return self.logits(features).argmax(dim=1)
+
+
+@dataclass
+class ProbeFit:
+    """The outcome of the C sweep and the final fit on train+val."""
+
+    probe: LinearProbe  # refitted on train+val with the chosen C
+    c: float  # chosen inverse L2 strength
+    sweep: list[dict] = field(default_factory=list)  # [{"C", "val_top1", "val_loss"}, ...] ascending C
+
+
+def fit_logistic_regression(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    c: float,
+    max_iter: int = 1000,
+    tolerance: float = 1e-7,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (C, D), bias (C,)) minimising the mean-form L2 logistic loss, on features' device/dtype.
+
+    Solved on centred features (W (x - mu) + b' with b' = b + W mu: the same model and the same
+    objective, since b is not penalised) and with the loss summed over examples instead of
+    averaged: both only improve L-BFGS's conditioning (CLIP features share a large mean
+    direction; torch's L-BFGS skips curvature pairs with y.s < 1e-10). `tolerance` still
+    applies to the gradient of the mean form.
+    """
+    n, dim = features.shape
+    mean = features.mean(dim=0)  # (D,)
+    centred = features - mean  # (N, D)
+    if init is None:
+        weight = torch.zeros(num_classes, dim, dtype=features.dtype, device=features.device)  # (C, D)
+        bias = torch.zeros(num_classes, dtype=features.dtype, device=features.device)  # (C,) of centred model
+    else:
+        weight = init[0].detach().clone()
+        bias = (init[1] + init[0] @ mean).detach()  # (C,)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tolerance * n,  # the summed loss has n times the mean-form gradient
+        tolerance_change=torch.finfo(features.dtype).eps,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = centred @ weight.T + bias  # (N, C)
+        loss = F.cross_entropy(logits, labels, reduction="sum") + 0.5 / c * weight.pow(2).sum()  # n * mean form
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    if optimizer.state[weight].get("n_iter", 0) >= max_iter:
+        log.warning("probe fit with C=%g stopped at max_iter=%d before converging", c, max_iter)
+    weight = weight.detach()
+    return weight, bias.detach() - weight @ mean  # bias of the uncentred model
+
+
+def fit_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    c: float,
+    config: ProbeConfig,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LinearProbe:
+    """A `LinearProbe` fitted with inverse L2 strength `c` (standardising first if configured)."""
+    x, y = _to_fit_tensors(features, labels, num_classes, config)
+    mean = scale = None
+    if config.standardize:
+        mean = x.mean(dim=0)  # (D,)
+        scale = x.std(dim=0, unbiased=False).clamp_min(1e-12)  # (D,)
+        x = (x - mean) / scale  # (N, D)
+    weight, bias = fit_logistic_regression(x, y, num_classes, c, config.max_iter, config.tolerance, init)
+    return LinearProbe(weight=weight, bias=bias, c=c, mean=mean, scale=scale)
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices): per class, a seeded `val_fraction` goes to val (>= 1 left in train)."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels).cpu()
+    train_parts, val_parts = [], []
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
+        val_parts.append(members[:n_val])
+        train_parts.append(members[n_val:])
+    val_indices = torch.cat(val_parts).sort().values
+    if len(val_indices) == 0:
+        raise UserError("choosing the probe's C needs a validation split, but every class has a single example")
+    return torch.cat(train_parts).sort().values, val_indices
+
+
+def select_and_fit(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    config: ProbeConfig,
+    val_features: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
+) -> ProbeFit:
+    """Sweep C on a validation split (given or carved from train), then refit on train+val."""
+    train_labels = torch.as_tensor(train_labels, dtype=torch.long)
+    if val_features is None:
+        train_idx, val_idx = stratified_split(train_labels, config.val_fraction, config.seed)
+        fit_x, fit_y = train_features[train_idx], train_labels[train_idx]
+        val_x, val_y = train_features[val_idx], train_labels[val_idx]
+    else:
+        fit_x, fit_y = train_features, train_labels
+        val_x, val_y = val_features, torch.as_tensor(val_labels, dtype=torch.long)
+    sweep, previous = [], None
+    for c in tqdm(config.c_grid(), desc="probe C sweep", unit="C", leave=False, disable=None):
+        probe = fit_probe(fit_x, fit_y, num_classes, c, config, init=previous)
+        previous = (probe.weight, probe.bias)  # warm start: the next C starts from this optimum
+        val_logits = probe.logits(val_x)  # (V, C)
+        val_top1 = classification_scores(val_logits, val_y)["top1"]
+        val_loss = float(F.cross_entropy(val_logits, val_y.to(val_logits.device)))
+        sweep.append({"C": c, "val_top1": val_top1, "val_loss": val_loss})
+        log.debug("probe C=%g: val top-1 %.4f, val loss %.4f", c, val_top1, val_loss)
+    best = max(sweep, key=lambda row: (row["val_top1"], -row["val_loss"]))  # ties: lower validation loss
+    all_x = torch.cat([fit_x.to(val_x.device), val_x])
+    all_y = torch.cat([fit_y.to(val_y.device), val_y])
+    final = fit_probe(all_x, all_y, num_classes, best["C"], config)
+    log.info("probe: chose C=%g (val top-1 %.4f), refitted on %d examples", best["C"], best["val_top1"], len(all_y))
+    return ProbeFit(probe=final, c=best["C"], sweep=sweep)
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    config: ProbeConfig | None = None,
+    val_features: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
+) -> dict:
+    """Full protocol: choose C, refit, score the test set -> {top1, [top5], mean_per_class_recall, n, C, sweep}."""
+    config = config or ProbeConfig()
+    fit = select_and_fit(train_features, train_labels, num_classes, config, val_features, val_labels)
+    scores = classification_scores(fit.probe.logits(test_features), torch.as_tensor(test_labels))
+    return {**scores, "C": fit.c, "sweep": fit.sweep}
+
+
+def _to_fit_tensors(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, config: ProbeConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels checked and moved to the configured device/dtype."""
+    if config.dtype not in DTYPES:
+        raise UserError(f"probe dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError(f"expected (N, D) features and N labels, got {tuple(features.shape)} and {len(labels)} labels")
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must be non-empty and lie in [0, {num_classes}); got {len(labels)} labels")
+    device = torch.device(config.device)
+    return features.to(device, DTYPES[config.dtype]), labels.to(device)

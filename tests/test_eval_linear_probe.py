@@ -1,0 +1,143 @@
+"""Linear probe: equal to scikit-learn's LogisticRegression (same C) in accuracy and coefficients."""
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import single_thread  # noqa: F401  (autouse fixture)
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from vlbridge.evaluation.linear_probe import (
+    ProbeConfig,
+    fit_probe,
+    linear_probe,
+    select_and_fit,
+    stratified_split,
+)
+
+
+def _blobs(n=400, dim=12, classes=5, noise=1.6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=generator)
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    return centres[labels] + noise * torch.randn(n, dim, generator=generator), labels
+
+
+def _sklearn(x, y, c, standardize=False):
+    model = LogisticRegression(C=c, tol=1e-10, max_iter=20000)
+    if standardize:
+        model = make_pipeline(StandardScaler(), model)
+    return model.fit(x.double().numpy(), y.numpy())
+
+
+def _assert_close_to_sklearn(probe, reference, x_test, y_test, coef_atol):
+    ours = probe.predict(x_test).numpy()
+    theirs = reference.predict(x_test.double().numpy())
+    accuracy_gap = abs(np.mean(ours == y_test.numpy()) - np.mean(theirs == y_test.numpy()))
+    assert accuracy_gap <= 0.005
+    coef = torch.from_numpy(reference.coef_)
+    intercept = torch.from_numpy(reference.intercept_)
+    torch.testing.assert_close(probe.weight, coef, atol=coef_atol, rtol=1e-3)
+    # the multinomial intercept is defined up to a shared constant: compare centred values
+    torch.testing.assert_close(probe.bias - probe.bias.mean(), intercept - intercept.mean(), atol=coef_atol * 5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("c", [0.01, 1.0, 30.0])
+def test_matches_sklearn_on_synthetic_blobs(c):
+    x, y = _blobs()
+    x_test, y_test = _blobs(n=600, seed=0)[0][400:], _blobs(n=600, seed=0)[1][400:]
+    probe = fit_probe(x, y, 5, c, ProbeConfig())
+    _assert_close_to_sklearn(probe, _sklearn(x, y, c), x_test, y_test, coef_atol=1e-3)
+
+
+def test_matches_sklearn_on_digits():
+    digits = load_digits()  # 1797 8x8 handwritten digits, shipped inside scikit-learn
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    x_train, y_train, x_test, y_test = x[:1200], y[:1200], x[1200:], y[1200:]
+    probe = fit_probe(x_train, y_train, 10, 0.5, ProbeConfig())
+    reference = _sklearn(x_train, y_train, 0.5)
+    _assert_close_to_sklearn(probe, reference, x_test, y_test, coef_atol=1e-3)
+    assert np.mean(probe.predict(x_test).numpy() == y_test.numpy()) > 0.85
+
+
+def test_standardized_matches_sklearn_pipeline():
+    x, y = _blobs(n=300, dim=6, classes=3, seed=3)
+    x = x * torch.tensor([1.0, 10.0, 0.1, 3.0, 1.0, 50.0]) + 5.0  # very different feature scales
+    probe = fit_probe(x, y, 3, 2.0, ProbeConfig(standardize=True))
+    reference = _sklearn(x, y, 2.0, standardize=True)
+    logistic = reference[-1]
+    torch.testing.assert_close(probe.weight, torch.from_numpy(logistic.coef_), atol=1e-3, rtol=1e-3)
+    np.testing.assert_array_equal(probe.predict(x).numpy(), reference.predict(x.double().numpy()))
+
+
+def test_sweep_picks_the_same_c_as_an_sklearn_sweep_and_refits_on_train_plus_val():
+    x, y = _blobs(n=300, dim=20, classes=4, noise=2.5, seed=5)
+    x_test, y_test = _blobs(n=300, dim=20, classes=4, noise=2.5, seed=6)
+    config = ProbeConfig(c_min=1e-3, c_max=10.0, c_steps=5, seed=7)
+    fit = select_and_fit(x, y, 4, config)
+    train_idx, val_idx = stratified_split(y, config.val_fraction, config.seed)
+    sk_models = [_sklearn(x[train_idx], y[train_idx], c) for c in config.c_grid()]
+    x_val, y_val = x[val_idx].double().numpy(), y[val_idx].numpy()
+    sk_val = [np.mean(model.predict(x_val) == y_val) for model in sk_models]
+    sk_loss = [log_loss(y_val, model.predict_proba(x_val), labels=range(4)) for model in sk_models]
+    assert [row["C"] for row in fit.sweep] == pytest.approx(config.c_grid())
+    assert [row["val_top1"] for row in fit.sweep] == pytest.approx(sk_val, abs=0.005)
+    assert [row["val_loss"] for row in fit.sweep] == pytest.approx(sk_loss, rel=1e-3)
+    best = max(range(len(sk_val)), key=lambda i: (sk_val[i], -sk_loss[i]))
+    assert fit.c == pytest.approx(config.c_grid()[best])
+    final_reference = _sklearn(x, y, fit.c)  # train + val is all of x
+    _assert_close_to_sklearn(fit.probe, final_reference, x_test, y_test, coef_atol=1e-3)
+
+
+def test_linear_probe_reports_test_scores_and_chosen_c_deterministically():
+    x, y = _blobs(n=300, dim=8, classes=6, seed=2)
+    x_test, y_test = _blobs(n=200, dim=8, classes=6, seed=9)
+    config = ProbeConfig(c_steps=3, c_min=0.01, c_max=1.0)
+    first = linear_probe(x, y, x_test, y_test, 6, config)
+    second = linear_probe(x, y, x_test, y_test, 6, config)
+    assert first == second
+    fit = select_and_fit(x, y, 6, config)
+    expected = int((fit.probe.predict(x_test) == y_test).sum()) / len(y_test)
+    assert first["top1"] == expected and first["C"] == fit.c
+    assert {"top1", "top5", "mean_per_class_recall", "n", "C", "sweep"} <= set(first)
+
+
+def test_given_validation_split_is_used_instead_of_carving_train():
+    x, y = _blobs(n=200, dim=8, classes=3, seed=4)
+    x_val, y_val = _blobs(n=100, dim=8, classes=3, seed=8)
+    config = ProbeConfig(c_steps=2, c_min=0.01, c_max=1.0)
+    fit = select_and_fit(x, y, 3, config, x_val, y_val)
+    for row in fit.sweep:
+        probe = fit_probe(x, y, 3, row["C"], config)
+        assert row["val_top1"] == int((probe.predict(x_val) == y_val).sum()) / len(y_val)
+    refit = fit_probe(torch.cat([x, x_val]), torch.cat([y, y_val]), 3, fit.c, config)
+    torch.testing.assert_close(fit.probe.weight, refit.weight, atol=1e-6, rtol=1e-5)
+
+
+def test_stratified_split_is_seeded_disjoint_and_per_class():
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1)
+    train, val = stratified_split(labels, 0.2, seed=3)
+    again_train, again_val = stratified_split(labels, 0.2, seed=3)
+    assert torch.equal(train, again_train) and torch.equal(val, again_val)
+    assert sorted(train.tolist() + val.tolist()) == list(range(16))
+    assert torch.bincount(labels[val], minlength=3).tolist() == [2, 1, 0]  # singleton class stays in train
+    assert not torch.equal(stratified_split(labels, 0.2, seed=4)[1], val)
+
+
+def test_float32_fit_agrees_with_float64():
+    x, y = _blobs(n=300, dim=10, classes=4, seed=11)
+    exact = fit_probe(x, y, 4, 1.0, ProbeConfig())
+    fast = fit_probe(x, y, 4, 1.0, ProbeConfig(dtype="float32", tolerance=1e-6))
+    assert fast.weight.dtype == torch.float32
+    torch.testing.assert_close(fast.weight.double(), exact.weight, atol=1e-3, rtol=1e-3)
+
+
+def test_validation_ties_go_to_the_lower_validation_loss():
+    x, y = _blobs(n=200, dim=8, classes=3, noise=0.05, seed=12)  # separable: every C is 100% on val
+    fit = select_and_fit(x, y, 3, ProbeConfig(c_min=1.0, c_max=100.0, c_steps=3))
+    assert {row["val_top1"] for row in fit.sweep} == {1.0}
+    assert fit.c == min(fit.sweep, key=lambda row: row["val_loss"])["C"] == 100.0
