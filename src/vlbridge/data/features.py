@@ -1,0 +1,286 @@
+"""FeatureStore: encode each image once per encoder, keep the features on disk, serve them again.
+
+    store = FeatureStore(Path(".cache/features"))
+    features = store.get_or_extract(encoder, "shapes", "train", records)  # {id: (D,) or (N, D)}
+
+Cache key = (encoder.encoder_id - kind, architecture, mode and a hash of architecture +
+weights -, encoder.preprocess_id, dataset name, split, the ordered record ids, storage dtype).
+Any change of any part gives a different folder, so features are never served stale.
+
+Layout, one folder per key under the root:
+    <dataset>-<split>-<keyhash16>/key.json                the key fields (+ chunk size)
+                                 /chunk-00000.safetensors  "features" (n_ok, ...) + metadata ids/skipped
+                                 /index.json               written last: the extraction is complete
+Records are cut into fixed chunks of `chunk_size`; every chunk file is written atomically (temp
+file + rename), so a killed extraction keeps its finished chunks and a rerun computes only the
+missing ones. Under torchrun every rank encodes the chunks i with i % world_size == rank, rank 0
+writes index.json after a barrier, and every rank reads all chunks back.
+
+Records are anything with `.image` and an id: `.id` (ImageTextRecord) or `.image_id`
+(VQARecord: several questions share one image, features are per image). Duplicate ids are
+encoded once. Images that cannot be decoded are skipped, counted, and left out of the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from vlbridge.data.records import BadImage, SkipCounter, open_image
+from vlbridge.errors import UserError
+from vlbridge.training.checkpoint import atomic_write_bytes
+from vlbridge.training.distributed import DistEnv, autocast, barrier, gather_objects
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the on-disk layout changes (part of every key)
+KEY_FILE = "key.json"
+INDEX_FILE = "index.json"
+
+
+@dataclass
+class ExtractionStats:
+    """What one get_or_extract call did."""
+
+    path: Path  # the key's folder
+    total: int  # distinct records asked for
+    computed: int  # records encoded by this call (all ranks together)
+    reused: int  # records served from chunks already on disk
+    skipped: dict[str, str] = field(default_factory=dict)  # id -> reason, for undecodable images
+
+
+@dataclass
+class ExtractionResult:
+    """Features by id plus the stats of the call that produced them."""
+
+    features: dict[str, torch.Tensor]  # id -> (D,) pooled or (N, D) grid
+    stats: ExtractionStats
+
+
+class FeatureStore:
+    """Disk cache of encoder features, keyed by encoder / preprocessing / dataset / split / ids."""
+
+    def __init__(self, root: str | Path, chunk_size: int = 1024, dtype: torch.dtype = torch.float32):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.root = Path(root)  # folder holding one sub-folder per key
+        self.chunk_size = chunk_size  # records per chunk file (the resume granularity)
+        self.dtype = dtype  # storage dtype of the features (float32; float16 halves disk use)
+        self.last_stats: ExtractionStats | None = None  # stats of the latest get_or_extract call
+
+    # ----------------------------------------------------------------------------------- keys
+    def key(self, encoder, dataset_name: str, split: str, ids: Sequence[str]) -> dict:
+        """The cache key fields for these (distinct, ordered) ids."""
+        ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        return {
+            "format": FORMAT_VERSION,
+            "encoder_id": encoder.encoder_id,
+            "preprocess_id": encoder.preprocess_id,
+            "dataset": dataset_name,
+            "split": split,
+            "ids_sha256": ids_hash,
+            "count": len(ids),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def folder(self, key: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.root / f"{_slug(key['dataset'])}-{_slug(key['split'])}-{digest}"
+
+    # ------------------------------------------------------------------------------ main entry
+    def get_or_extract(
+        self,
+        encoder,
+        dataset_name: str,
+        split: str,
+        records: Sequence,
+        batch_size: int = 64,
+        env: DistEnv | None = None,
+        on_chunk_done: Callable[[int], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Features of every decodable record, {id: tensor}; encodes only what is not on disk."""
+        result = self.extract(encoder, dataset_name, split, records, batch_size, env, on_chunk_done)
+        return result.features
+
+    def extract(
+        self,
+        encoder,
+        dataset_name: str,
+        split: str,
+        records: Sequence,
+        batch_size: int = 64,
+        env: DistEnv | None = None,
+        on_chunk_done: Callable[[int], None] | None = None,
+    ) -> ExtractionResult:
+        """Like get_or_extract, also returning stats. `on_chunk_done(i)` runs after chunk i is saved."""
+        env = env or DistEnv()
+        unique = _unique_records(records)
+        ids = [_record_id(r) for r in unique]
+        key = self.key(encoder, dataset_name, split, ids)
+        folder = self.folder(key)
+        chunk_size = self._open_folder(folder, key)
+        n_chunks = math.ceil(len(unique) / chunk_size)
+        if (folder / INDEX_FILE).is_file():
+            features, skipped = self._load_all(folder, n_chunks, chunk_size, ids)
+            stats = ExtractionStats(folder, len(ids), 0, len(ids) - len(skipped), skipped)
+            return self._done(ExtractionResult(features, stats))
+        mine = [c for c in range(n_chunks) if c % env.world_size == env.rank]
+        todo = [c for c in mine if not _chunk_path(folder, c).is_file()]
+        computed = self._encode_chunks(encoder, unique, todo, chunk_size, folder, batch_size, env, on_chunk_done)
+        computed = sum(gather_objects(computed, env))
+        barrier(env)
+        if env.is_main:
+            atomic_write_bytes(folder / INDEX_FILE, json.dumps({**key, "chunks": n_chunks}, indent=1).encode())
+        barrier(env)
+        features, skipped = self._load_all(folder, n_chunks, chunk_size, ids)
+        stats = ExtractionStats(folder, len(ids), computed, len(ids) - computed, skipped)
+        return self._done(ExtractionResult(features, stats))
+
+    # ------------------------------------------------------------------------------- internals
+    def _done(self, result: ExtractionResult) -> ExtractionResult:
+        self.last_stats = result.stats
+        stats = result.stats
+        log.info(
+            "features %s: %d computed, %d reused, %d skipped", stats.path, stats.computed, stats.reused, len(stats.skipped)
+        )
+        return result
+
+    def _open_folder(self, folder: Path, key: dict) -> int:
+        """Create the folder (or check the one there); return its chunk size."""
+        key_file = folder / KEY_FILE
+        if key_file.is_file():
+            stored = json.loads(key_file.read_text())
+            chunk_size = stored.pop("chunk_size")
+            if stored != key:
+                raise UserError(f"feature cache {folder} holds a different key (hash collision?); delete that folder")
+            return int(chunk_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(key_file, json.dumps({**key, "chunk_size": self.chunk_size}, indent=1).encode())
+        return self.chunk_size
+
+    def _encode_chunks(self, encoder, records, todo, chunk_size, folder, batch_size, env, on_chunk_done) -> int:
+        """Encode and save the chunks in `todo`; return how many records this rank encoded."""
+        total = sum(len(records[c * chunk_size : (c + 1) * chunk_size]) for c in todo)
+        skips = SkipCounter(f"features[{folder.name}]")
+        computed = 0
+        with tqdm(total=total, desc="extract", unit="img", disable=None if env.is_main else True) as bar:
+            for chunk in todo:
+                part = records[chunk * chunk_size : (chunk + 1) * chunk_size]
+                kept_ids, tensor, skipped = encode_records(encoder, part, batch_size, skips, bar)
+                _save_chunk(_chunk_path(folder, chunk), kept_ids, tensor.to(self.dtype), skipped)
+                computed += len(part)
+                if on_chunk_done is not None:
+                    on_chunk_done(chunk)
+        if skips.total:
+            log.warning(skips.summary())
+        return computed
+
+    def _load_all(self, folder: Path, n_chunks: int, chunk_size: int, ids: list[str]):
+        """Read every chunk back; check each holds exactly its slice of ids."""
+        features: dict[str, torch.Tensor] = {}
+        skipped: dict[str, str] = {}
+        for chunk in range(n_chunks):
+            path = _chunk_path(folder, chunk)
+            if not path.is_file():
+                raise UserError(f"feature cache {folder} is missing {path.name}; delete the folder and extract again")
+            chunk_ids, tensor, chunk_skipped = _load_chunk(path)
+            expected = ids[chunk * chunk_size : (chunk + 1) * chunk_size]
+            if sorted(chunk_ids + list(chunk_skipped)) != sorted(expected):
+                raise UserError(f"{path} does not hold the ids its key says; delete {folder} and extract again")
+            features.update(zip(chunk_ids, tensor.to(torch.float32).unbind(0)))
+            skipped.update(chunk_skipped)
+        return features, skipped
+
+
+@torch.no_grad()
+def encode_records(encoder, records: Sequence, batch_size: int, skips: SkipCounter | None = None, bar=None):
+    """(ids kept, features (n_kept, ...) float32 on CPU, {skipped id: reason}) for `records`."""
+    kept: list[str] = []
+    skipped: dict[str, str] = {}
+    outputs: list[torch.Tensor] = []
+    device = encoder.device
+    for start in range(0, len(records), batch_size):
+        pixels = []
+        for record in records[start : start + batch_size]:
+            try:
+                pixels.append(encoder.preprocess(open_image(record.image)))
+            except BadImage as err:
+                skipped[_record_id(record)] = str(err)
+                if skips is not None:
+                    skips.skip("bad image", _record_id(record))
+                continue
+            kept.append(_record_id(record))
+        if pixels:
+            with autocast(device):
+                out = encoder(torch.stack(pixels).to(device))  # (b, D) or (b, N, D)
+            outputs.append(out.float().cpu())
+        if bar is not None:
+            bar.update(len(records[start : start + batch_size]))
+    if outputs:
+        return kept, torch.cat(outputs), skipped
+    empty_shape = (0, encoder.feature_dim) if encoder.pooled else (0, encoder.num_tokens, encoder.feature_dim)
+    return kept, torch.zeros(empty_shape), skipped
+
+
+def _record_id(record) -> str:
+    record_id = getattr(record, "id", None)
+    if record_id is None:
+        record_id = getattr(record, "image_id", None)
+    if record_id is None:
+        raise TypeError(f"records need an .id or .image_id, got {type(record).__name__}")
+    return str(record_id)
+
+
+def _unique_records(records: Sequence) -> list:
+    """First record of each id, in order (VQA records share images)."""
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        record_id = _record_id(record)
+        if record_id not in seen:
+            seen.add(record_id)
+            unique.append(record)
+    return unique
+
+
+def _chunk_path(folder: Path, chunk: int) -> Path:
+    return folder / f"chunk-{chunk:05d}.safetensors"
+
+
+def _save_chunk(path: Path, ids: list[str], features: torch.Tensor, skipped: dict[str, str]) -> None:
+    """safetensors file with the stacked features and the ids as metadata, written atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        metadata = {"ids": json.dumps(ids), "skipped": json.dumps(skipped)}
+        save_file({"features": features.contiguous()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_chunk(path: Path) -> tuple[list[str], torch.Tensor, dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    tensor = load_file(str(path))["features"]
+    return json.loads(metadata.get("ids", "[]")), tensor, json.loads(metadata.get("skipped", "{}"))
+
+
+def _slug(text: str) -> str:
+    """File-name-safe short form of a dataset / split name (the hash keeps keys distinct)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[-40:] or "data"
