@@ -1,0 +1,252 @@
+"""`--preset paper`: the LiMBeR paper's recipe at real scale, its path check, and its dry run.
+
+The paper preset reproduces the LiMBeR table (Merullo et al., ICLR 2023, "Linearly Mapping
+from Image to Text Space"): no CLIP is trained and no CLIP table is made (`train_clip` /
+`train_ssl` off, `clip_table.datasets` empty); one linear projector per image encoder into a
+frozen GPT-J 6B, trained on CC3M, then COCO (Karpathy test) and NoCaps (in / near / out)
+captioning and VQAv2 few-shot VQA with a blind baseline. Every file comes from the local paths
+of `config.paper` (`PaperPaths`), named in specs as `{paper.FIELD}`; nothing is downloaded.
+
+    vlbridge study --preset paper --config paths.yaml      # paths.yaml: paper: {lm: ..., ...}
+    vlbridge study --preset paper --dry-run --out runs/dry  # the same recipe on tiny stand-ins
+
+Where the recipe's numbers come from (the paper and its code, github.com/jmerullo/limber,
+configs/*.yml and image_prefix.py):
+- CLIP RN50x16: the 12x12x3072 grid under the attention pooling -> 144 prefix tokens
+  (`clip-grid:`; the OpenAI file without an architecture name, so load_clip infers RN50x16
+  with OpenAI's QuickGELU; naming open_clip's "RN50x16" would build GELU instead).
+- NF-ResNet50 (ImageNet-supervised): the pooled 2048-d feature at 384 px (image_size 384) ->
+  k = 2 prefix tokens (the code's MultimodalConfig default image_seq_len, as in Frozen; the
+  released nfrn50_4096_linear.yml sets 1: pass limber.train.num_prefix_tokens=1 for that).
+- BEiT-large pt22k (self-supervised): last_hidden_state without CLS, 14x14 = 196 tokens
+  (`hf:...:grid`), as the code's BeitWrapper.
+- random baselines: the same architectures with random weights (random-clip, random-supervised).
+- GPT-J 6B from paper.lm, weights in bfloat16 as the code loads it (fp32 in a CPU dry run).
+- training: 15,000 steps, batch 256 (configs' batch_size; their launcher also set 8 gradient
+  accumulation steps on 16 GPUs, 2048 images per step under HF Trainer's reading, which the
+  paper does not state), AdamW lr 8e-4, betas 0.9 / 0.95, no weight decay,
+  gradient clipping 1.0, warmup 100 steps, dropout 0.1 on the image prefix (vlbridge applies
+  it to the features before the projector). The code decays the lr linearly over 300,000
+  steps, i.e. to 95% of the peak by step 15,000: `min_lr_ratio` 0.95 ends the cosine there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from vlbridge.config import merge, parse_overrides, read_mapping, to_dict
+from vlbridge.errors import BadInputError, UserError
+from vlbridge.study.config import PaperPaths, StudyConfig, load_study_config
+from vlbridge.training.distributed import resolve_device
+
+log = logging.getLogger(__name__)
+
+NFRN50_PX = 384  # NF-ResNet50 input side in the paper's code (configs/nfrn50_4096_linear.yml)
+DRY_RUN_NFRN50_PX = 64  # the dry run's NF-ResNet50 input side (same network, 36x fewer pixels)
+VQAV2 = "vqav2:{paper.vqav2_questions}?annotations={paper.vqav2_annotations}&images={paper.vqav2_images}"
+
+PAPER_PRESET: dict[str, Any] = {
+    "device": "auto",  # GPU when there is one: GPT-J 6B needs it
+    "train_clip": False,  # pretrained CLIP RN50x16 from paper.clip_rn50x16
+    "train_ssl": False,  # pretrained BEiT-large from paper.beit_large
+    "clip_table": {"datasets": []},  # the LiMBeR table only
+    "limber": {
+        "encoders": {
+            "clip": "clip-grid:{paper.clip_rn50x16}",  # 144 tokens of 3072
+            "supervised": f"timm:nf_resnet50@{{paper.nf_resnet50}}:{NFRN50_PX}px",  # pooled 2048 -> k tokens
+            "self-supervised": "hf:{paper.beit_large}:grid",  # 196 tokens of 1024
+            "random-clip": "random:clip-grid:{paper.clip_rn50x16}",  # same architecture, random weights
+            "random-supervised": f"random:timm:nf_resnet50:{NFRN50_PX}px",  # same architecture, random weights
+        },
+        "train": {
+            "lm": "{paper.lm}",
+            "lm_dtype": "bfloat16",  # as the paper's code loads GPT-J: 12 GB of weights instead of 24
+            "num_prefix_tokens": 2,  # k for the pooled NF-ResNet50 (grid encoders give their N)
+            "dropout": 0.1,  # image_embed_dropout_prob
+            "batch_size": 256,  # the configs' batch_size (global)
+            "max_steps": 15000,  # train_steps
+            "data": {"dataset": "wds:{paper.cc3m_shards}", "n": 0},  # all of CC3M
+            "optim": {"lr": 8e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.0, "grad_clip": 1.0,
+                      "warmup_steps": 100, "min_lr_ratio": 0.95},
+        },
+        "caption_sets": {
+            "coco": "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test",
+            "nocaps": "nocaps:{paper.nocaps_json}?images={paper.nocaps_images}",
+        },
+        "vqa_queries": VQAV2,
+        "vqa_max_questions": 5000,  # seeded subset of VQAv2 val's 214k questions (each asked at 4 shot counts)
+        "vqa_support": VQAV2,  # shots never show the query's own image (evaluation.vqa.choose_shots)
+        "clip_scorer": "{paper.clip_scorer}",
+    },
+}
+
+DRY_RUN_SIZES: dict[str, Any] = {  # on top of the recipe: seconds per stage on a CPU
+    "limber": {
+        "train": {"max_steps": 4, "batch_size": 4, "log_every": 1, "optim": {"warmup_steps": 1},
+                  "data": {"extract_batch_size": 8}},
+        "vqa_max_questions": 8,
+        "batch_size": 8,
+        "sample_images": 4,
+    },
+}
+
+PATH_KINDS = {  # PaperPaths field -> (what must be there, what it is)
+    "cc3m_shards": ("shards", "CC3M webdataset shards"),
+    "coco_annotations": ("file", "COCO captions_val2014.json"),
+    "coco_karpathy": ("file", "Karpathy's dataset_coco.json"),
+    "coco_images": ("dir", "COCO val2014 image folder"),
+    "nocaps_json": ("file", "nocaps_val_4500_captions.json"),
+    "nocaps_images": ("dir", "NoCaps validation image folder"),
+    "vqav2_questions": ("file", "v2_OpenEnded_mscoco_val2014_questions.json"),
+    "vqav2_annotations": ("file", "v2_mscoco_val2014_annotations.json"),
+    "vqav2_images": ("dir", "COCO val2014 image folder"),
+    "lm": ("dir", "GPT-J 6B HF directory"),
+    "clip_rn50x16": ("file", "OpenAI RN50x16.pt"),
+    "clip_scorer": ("file", "OpenAI ViT-B-32.pt"),
+    "beit_large": ("dir", "HF BEiT-large directory"),
+    "nf_resnet50": ("file", "timm nf_resnet50 weights"),
+}
+_PLACEHOLDER = re.compile(r"\{paper\.([^{}]*)\}")
+
+
+# ------------------------------------------------------------------------------------ check_paths
+def referenced_paths(config: StudyConfig) -> dict[str, list[str]]:
+    """{PaperPaths field: config keys whose spec names {paper.FIELD}} over the sections the run reads."""
+    sections = {"limber": to_dict(config.limber)}
+    if config.clip_table.datasets:
+        sections["clip_table"] = to_dict(config.clip_table)
+    found: dict[str, list[str]] = {}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for name, child in node.items():
+                walk(child, f"{key}.{name}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{key}[{index}]")
+        elif isinstance(node, str):
+            for field_name in _PLACEHOLDER.findall(node):
+                found.setdefault(field_name, []).append(key)
+
+    for name, section in sections.items():
+        walk(section, name)
+    return found
+
+
+def path_problem(kind: str, value: str) -> str | None:
+    """Why `value` cannot be a `kind` ("file" | "dir" | "shards") path, or None when it can."""
+    from vlbridge.data.formats_wds import REMOTE_PREFIXES, shard_urls
+
+    if not value.strip():
+        return "is empty"
+    if kind == "shards":
+        if value.startswith(REMOTE_PREFIXES):
+            return None
+        try:
+            shard_urls(value)
+        except BadInputError as err:
+            return f"= {value!r}: {str(err).split(': ', 1)[-1]}"
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        return f"= {value!r} does not exist"
+    if kind == "dir" and not path.is_dir():
+        return f"= {value!r} is not a directory"
+    if kind == "file" and not path.is_file():
+        return f"= {value!r} is not a file"
+    return None
+
+
+def check_paths(config: StudyConfig) -> None:
+    """One UserError listing every paper path the recipe reads that is empty or missing."""
+    problems = []
+    for field_name, keys in referenced_paths(config).items():
+        where = keys[0] + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
+        if field_name not in PATH_KINDS:
+            problems.append(f"{where} names {{paper.{field_name}}}, which is not a paper path "
+                            f"(known: {', '.join(PATH_KINDS)})")
+            continue
+        kind, what = PATH_KINDS[field_name]
+        problem = path_problem(kind, getattr(config.paper, field_name))
+        if problem:
+            problems.append(f"paper.{field_name} ({what}, read by {where}) {problem}")
+    if problems:
+        raise UserError(
+            f"the paper preset cannot find {len(problems)} of its local files: " + "; ".join(problems)
+            + ". Give them in --config FILE (YAML: `paper: {lm: /models/gpt-j-6b, cc3m_shards: "
+            "'/data/cc3m/{00000..00331}.tar', ...}`) or as overrides paper.FIELD=PATH"
+        )
+
+
+# ------------------------------------------------------------------------------------ dry run
+def write_paths_config(paths: PaperPaths, path: Path) -> Path:
+    """The `paper:` section a real run's --config file holds, here pointing at the stand-ins."""
+    path.write_text(yaml.safe_dump({"paper": to_dict(paths)}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def dry_run_config(paths_file: Path, out_dir: Path, config_path: str | None, overrides: list[str]) -> StudyConfig:
+    """Preset, the user's file, the stand-in paths, tiny sizes, then the user's key=value overrides."""
+    config = load_study_config("paper", config_path, [])
+    config = merge(config, read_mapping(paths_file))
+    small_inputs = {key: spec.replace(f":{NFRN50_PX}px", f":{DRY_RUN_NFRN50_PX}px")
+                    for key, spec in config.limber.encoders.items()}
+    config = merge(config, {**DRY_RUN_SIZES, "cache_dir": str(out_dir / "cache")})
+    config = merge(config, {"limber": {"encoders": small_inputs}})
+    if resolve_device(config.device).type == "cpu":
+        config = merge(config, {"limber": {"train": {"lm_dtype": "float32"}}})  # fp32 on CPU
+    return merge(config, parse_overrides(overrides))
+
+
+def missing_results(results: dict, config: StudyConfig, out_dir: Path) -> list[str]:
+    """What a complete paper run must have produced but this one did not (empty list: all there)."""
+    missing = [name for name in ("results.json", "report.md", "report.html") if not (out_dir / name).is_file()]
+    shots = [str(n) for n in config.limber.shots]
+    for encoder in config.limber.encoders:
+        entry = results.get("captioning", {}).get(encoder, {})
+        missing += [f"captioning[{encoder}].sets.{name}" for name in config.limber.caption_sets
+                    if name not in entry.get("sets", {})]
+        has_nocaps = any(spec.startswith("nocaps:") for spec in config.limber.caption_sets.values())
+        if has_nocaps and not {"in", "near", "out", "entire"} <= set(entry.get("by_domain", {})):
+            missing.append(f"captioning[{encoder}].by_domain in/near/out/entire")
+    for encoder in [*config.limber.encoders, "blind"]:
+        missing += [f"vqa[{encoder}][{n}]" for n in shots if n not in results.get("vqa", {}).get(encoder, {})]
+    return missing
+
+
+def dry_run(out_dir: str | Path, config_path: str | None, overrides: list[str] | None, force: bool = False) -> int:
+    """Run the paper recipe end to end on tiny stand-ins in out_dir; print a one-line verdict; 0 if it passed."""
+    from vlbridge.study.runner import run_study
+    from vlbridge.study.standins import build_standins
+
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    print(f"[dry-run] writing tiny stand-ins of the paper's data and models to {out_dir / 'standins'} ...")
+    paths = build_standins(out_dir / "standins")
+    paths_file = write_paths_config(paths, out_dir / "standins" / "paper-paths.yaml")
+    config = dry_run_config(paths_file, out_dir, config_path, list(overrides or []))
+    check_paths(config)
+    threads = torch.get_num_threads()
+    if resolve_device(config.device).type == "cpu":
+        torch.set_num_threads(1)  # tiny models: one thread beats two that spin-wait on a shared 2-core machine
+    try:
+        results = run_study(config, out_dir, force=force)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - started
+    missing = missing_results(results, config, out_dir)
+    if missing:
+        print(f"paper dry run FAILED after {seconds:.0f}s: no {', '.join(missing)} in {out_dir}")
+        return 1
+    print(f"paper dry run passed in {seconds:.0f}s: {len(config.limber.encoders)} encoders "
+          f"({', '.join(config.limber.encoders)}) trained {config.limber.train.max_steps} steps each into GPT-J, "
+          f"captioned {' + '.join(config.limber.caption_sets)}, VQA at {'/'.join(map(str, config.limber.shots))} "
+          f"shots + blind; paths config {paths_file}; report {out_dir / 'report.html'}")
+    return 0
