@@ -1,0 +1,255 @@
+"""Generation: greedy and beam search equal HF `generate` token for token on the same
+inputs_embeds (several tiny architectures, left-padded batches, EOS / newline stops);
+nucleus sampling keeps the smallest set reaching top_p. Spec: vlbridge.models.generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TopPLogitsWarper
+
+from tiny_lm import ARCHITECTURES, save_tiny_lm
+from vlbridge.errors import UserError
+from vlbridge.models.generation import GenerationConfig, generate, nucleus_filter, prompt_positions, stop_token_ids
+from vlbridge.models.lm import FrozenLM
+
+BEAM_SETTINGS = [  # (num_beams, length_penalty, early_stopping)
+    (3, 1.0, False),
+    (2, 0.5, True),
+    (4, 2.0, "never"),
+    (3, -1.0, False),
+    (1, 1.0, False),
+]
+
+
+# Logit bias on EOS and newline per architecture: with it some rows of the test prompts stop
+# early (at EOS or a newline) and others run to max_new_tokens (random LMs rarely stop).
+STOP_BIAS = {"gpt2": 1.7, "llama": 3.4, "opt": 4.2, "gptj": 3.3}
+
+
+def boost_stop_tokens(lm: FrozenLM, bias: float) -> None:
+    """Give the LM head a bias of `bias` on EOS and the newline token (same head for us and HF)."""
+    head = lm.model.get_output_embeddings()
+    if head.bias is None:
+        biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+        biased.weight = head.weight  # shared (tied) weight, unchanged
+        torch.nn.init.zeros_(biased.bias)
+        lm.model.set_output_embeddings(biased)
+        head = biased
+    with torch.no_grad():
+        head.bias[lm.eos_token_id] += bias
+        head.bias[min(lm.newline_token_ids)] += bias
+    head.requires_grad_(False)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest single-threaded, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory):
+    """Tiny LMs of every architecture with boosted stop tokens."""
+    root = tmp_path_factory.mktemp("gen-lms")
+    loaded = {}
+    for arch in ARCHITECTURES:
+        lm = FrozenLM.from_pretrained(save_tiny_lm(root / arch, arch))
+        boost_stop_tokens(lm, STOP_BIAS[arch])
+        loaded[arch] = lm
+    return loaded
+
+
+def left_padded_prompts(lm, batch_size=6, length=7, seed=1, padded=True):
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(batch_size, length, lm.hidden_size, generator=generator)
+    mask = torch.ones(batch_size, length, dtype=torch.long)
+    for row in range(batch_size if padded else 0):
+        mask[row, : row % 4] = 0  # rows 1..3 are left-padded by 1..3 positions
+    return embeds, mask
+
+
+def hf_reference(lm, embeds, mask, stop_ids, **kwargs) -> list[list[int]]:
+    """HF generate on the same embeddings, cut like ours: up to the first stop token, EOS dropped."""
+    out = lm.model.generate(
+        inputs_embeds=embeds, attention_mask=mask, eos_token_id=stop_ids, pad_token_id=lm.pad_token_id, **kwargs
+    )
+    rows = []
+    for row in out.tolist():
+        cut = []
+        for token in row:
+            cut.append(token)
+            if token in stop_ids:
+                break
+        rows.append(cut[:-1] if cut[-1:] == [lm.eos_token_id] else cut)
+    return rows
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_greedy_equals_hf_generate(lms, arch):
+    lm = lms[arch]
+    lengths = []
+    for stop_at_newline, padded in ((False, True), (True, True), (True, False)):
+        embeds, mask = left_padded_prompts(lm, padded=padded)
+        stop_ids = stop_token_ids(lm, stop_at_newline)
+        config = GenerationConfig(max_new_tokens=12, stop_at_newline=stop_at_newline)
+        ours = generate(lm, embeds, mask, config)
+        assert ours == hf_reference(lm, embeds, mask, stop_ids, do_sample=False, max_new_tokens=12)
+        lengths += [len(row) for row in ours]
+    assert max(lengths) == 12  # some rows run to max_new_tokens ...
+    assert min(lengths) < 12  # ... and some stop early
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("num_beams, length_penalty, early_stopping", BEAM_SETTINGS)
+def test_beam_search_equals_hf_beam_search(lms, arch, num_beams, length_penalty, early_stopping):
+    lm = lms[arch]
+    for stop_at_newline, max_new, padded in ((False, 5, True), (True, 12, True), (True, 8, False)):
+        embeds, mask = left_padded_prompts(lm, padded=padded)
+        config = GenerationConfig(
+            strategy="beam",
+            max_new_tokens=max_new,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            stop_at_newline=stop_at_newline,
+        )
+        expected = hf_reference(
+            lm, embeds, mask, stop_token_ids(lm, stop_at_newline), do_sample=False, max_new_tokens=max_new,
+            num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+        )  # fmt: skip
+        assert generate(lm, embeds, mask, config) == expected
+
+
+def test_beam_search_explores_more_than_greedy(lms):
+    found_difference = False
+    for arch, lm in lms.items():
+        embeds, mask = left_padded_prompts(lm)
+        greedy = generate(lm, embeds, mask, GenerationConfig(max_new_tokens=8))
+        beam = generate(lm, embeds, mask, GenerationConfig(strategy="beam", num_beams=4, max_new_tokens=8))
+        found_difference |= greedy != beam
+        one_beam = generate(lm, embeds, mask, GenerationConfig(strategy="beam", num_beams=1, max_new_tokens=8))
+        assert one_beam == greedy, arch  # a beam of one is greedy search
+    assert found_difference
+
+
+def naive_greedy(lm, embeds, mask, max_new, stop_ids):
+    """Reference without KV cache or batching: rerun the whole prompt + generated tokens each step."""
+    rows = []
+    for row in range(embeds.shape[0]):
+        keep = mask[row].bool()
+        sequence = embeds[row, keep][None]  # (1, L_row, H)
+        out = []
+        for _ in range(max_new):
+            logits = lm(sequence, torch.ones(sequence.shape[:2], dtype=torch.long)).logits[0, -1]
+            token = int(logits.argmax())
+            out.append(token)
+            if token in stop_ids:
+                break
+            sequence = torch.cat([sequence, lm.embed(torch.tensor([[token]]))], dim=1)
+        rows.append(out[:-1] if out[-1:] == [lm.eos_token_id] else out)
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cached_batched_greedy_equals_uncached_row_by_row_greedy(lms, arch):
+    lm = lms[arch]
+    embeds, mask = left_padded_prompts(lm, seed=3)
+    stop_ids = stop_token_ids(lm, True)
+    expected = naive_greedy(lm, embeds, mask, 10, stop_ids)
+    assert generate(lm, embeds, mask, GenerationConfig(max_new_tokens=10)) == expected
+
+
+def test_stop_tokens_eos_dropped_newline_kept(lms):
+    lm = lms["llama"]
+    embeds, mask = left_padded_prompts(lm)
+    newline_ids = lm.newline_token_ids
+    with_newline = generate(lm, embeds, mask, GenerationConfig(max_new_tokens=12, stop_at_newline=True))
+    without = generate(lm, embeds, mask, GenerationConfig(max_new_tokens=12, stop_at_newline=False))
+    stopped_at_newline = 0
+    for short, long in zip(with_newline, without):
+        assert lm.eos_token_id not in short and lm.eos_token_id not in long
+        assert long[: len(short)] == short  # the same path until the newline stop
+        if short and short[-1] in newline_ids:
+            stopped_at_newline += 1
+            assert not set(short[:-1]) & newline_ids
+            assert len(long) > len(short)
+    assert stopped_at_newline >= 1
+    assert all(len(row) <= 3 for row in generate(lm, embeds, mask, GenerationConfig(max_new_tokens=3)))
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])  # sorted: 0.5 (1), 0.3 (3), 0.15 (2), 0.05 (0)
+    logits = probs.log()
+    kept = lambda p: set(torch.isfinite(nucleus_filter(logits, p))[0].nonzero().flatten().tolist())  # noqa: E731
+    assert kept(0.4) == {1}
+    assert kept(0.7) == {1, 3}  # NOT the complement {0, 2} (the published LiMBeR bug)
+    assert kept(0.85) == {1, 3, 2}
+    assert kept(0.99) == {0, 1, 2, 3}
+    assert kept(1.0) == {0, 1, 2, 3}
+    assert kept(1e-6) == {1}  # the most likely token always stays
+
+
+def test_nucleus_filter_equals_hf_top_p_warper():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 50, generator=generator) * 3
+    for top_p in (0.1, 0.5, 0.9, 0.97):
+        ours = torch.isfinite(nucleus_filter(logits, top_p))
+        theirs = torch.isfinite(TopPLogitsWarper(top_p=top_p)(None, logits.clone()))
+        assert torch.equal(ours, theirs), top_p
+
+
+def test_sampling_follows_the_tempered_nucleus_distribution(lms):
+    lm = lms["gpt2"]
+    prompt = torch.randn(1, 5, lm.hidden_size, generator=torch.Generator().manual_seed(7))
+    temperature, top_p = 0.7, 0.6
+    logits = lm(prompt, torch.ones(1, 5, dtype=torch.long)).logits[0, -1] / temperature
+    expected = nucleus_filter(logits[None], top_p)[0].softmax(-1)  # (V,)
+    draws = 4000
+    config = GenerationConfig(strategy="sample", max_new_tokens=1, top_p=top_p, temperature=temperature, seed=3)
+    samples = generate(lm, prompt.expand(draws, -1, -1), torch.ones(draws, 5, dtype=torch.long), config)
+    tokens = torch.tensor([row[0] if row else lm.eos_token_id for row in samples])
+    counts = torch.bincount(tokens, minlength=lm.vocab_size).float() / draws
+    assert set(tokens.tolist()) <= set(expected.nonzero().flatten().tolist())  # nothing outside the nucleus
+    assert (expected > 0).sum() >= 3
+    assert torch.allclose(counts, expected, atol=0.03)
+
+
+def test_sampling_is_seeded_and_cold_sampling_is_greedy(lms):
+    lm = lms["opt"]
+    embeds, mask = left_padded_prompts(lm)
+    sample = lambda seed, **kw: generate(lm, embeds, mask, GenerationConfig(strategy="sample", seed=seed, **kw))  # noqa: E731
+    assert sample(5, top_p=1.0) == sample(5, top_p=1.0)
+    assert sample(5, top_p=1.0) != sample(6, top_p=1.0)
+    greedy = generate(lm, embeds, mask, GenerationConfig())
+    assert sample(5, top_p=1e-6) == greedy
+    assert sample(5, top_p=1.0, temperature=1e-4) == greedy
+
+
+def test_prompt_positions_count_real_tokens_only():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert prompt_positions(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_bad_configs_and_prompts_are_rejected(lms):
+    lm = lms["gpt2"]
+    embeds, mask = left_padded_prompts(lm, batch_size=2)
+    for bad in (
+        GenerationConfig(strategy="topk"),
+        GenerationConfig(max_new_tokens=0),
+        GenerationConfig(top_p=0.0),
+        GenerationConfig(temperature=0.0),
+        GenerationConfig(strategy="beam", num_beams=0),
+        GenerationConfig(early_stopping="sometimes"),
+    ):
+        with pytest.raises(UserError):
+            generate(lm, embeds, mask, bad)
+    right_padded = mask.flip(1)
+    right_padded[0, -1] = 0
+    with pytest.raises(ValueError, match="LEFT-padded"):
+        generate(lm, embeds, right_padded)
+    with pytest.raises(ValueError, match=r"\(B, L, 32\)"):
+        generate(lm, embeds[..., :8], mask)

@@ -1,0 +1,67 @@
+"""LinearProjector: exactly one Linear map, pooled (B, D) -> (B, k, H), grid (B, N, D) -> (B, N, H).
+Spec: vlbridge.models.projector."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlbridge.models.projector import LinearProjector
+
+
+def test_pooled_features_become_k_prefix_vectors_of_one_linear_map():
+    projector = LinearProjector(feature_dim=6, hidden_size=5, num_prefix_tokens=3)
+    features = torch.randn(4, 6)
+    out = projector(features)
+    assert out.shape == (4, 3, 5)
+    weight, bias = projector.proj.weight, projector.proj.bias  # (k*H, D), (k*H,)
+    expected = (features @ weight.T + bias).view(4, 3, 5)
+    assert torch.allclose(out, expected, atol=1e-6)
+    # prefix vector j is rows [j*H, (j+1)*H) of the weight
+    assert torch.allclose(out[:, 1], features @ weight[5:10].T + bias[5:10], atol=1e-6)
+
+
+def test_grid_features_map_token_by_token():
+    projector = LinearProjector(feature_dim=6, hidden_size=5, pooled=False)
+    features = torch.randn(2, 7, 6)
+    out = projector(features)
+    assert out.shape == (2, 7, 5)
+    for token in range(7):
+        assert torch.allclose(out[:, token], projector.proj(features[:, token]), atol=1e-6)
+
+
+def test_only_the_linear_layer_is_trainable():
+    projector = LinearProjector(feature_dim=8, hidden_size=4, num_prefix_tokens=2, dropout=0.1)
+    names = sorted(name for name, _ in projector.named_parameters())
+    assert names == ["proj.bias", "proj.weight"]
+    assert sum(p.numel() for p in projector.parameters()) == 8 * 2 * 4 + 2 * 4
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in projector.modules())
+
+
+def test_dropout_acts_only_in_training_mode():
+    projector = LinearProjector(feature_dim=64, hidden_size=4, num_prefix_tokens=1, dropout=0.5)
+    features = torch.randn(3, 64)
+    projector.eval()
+    assert torch.equal(projector(features), projector(features))
+    projector.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(projector(features), projector.eval()(features))
+
+
+@pytest.mark.parametrize(
+    "pooled, shape",
+    [(True, (2, 5)), (True, (2, 3, 6)), (False, (2, 6)), (False, (2, 3, 5))],
+)
+def test_wrong_feature_shapes_say_what_was_expected(pooled, shape):
+    projector = LinearProjector(feature_dim=6, hidden_size=4, pooled=pooled)
+    with pytest.raises(ValueError, match=r"D=6, got shape"):
+        projector(torch.randn(*shape))
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError):
+        LinearProjector(0, 4)
+    with pytest.raises(ValueError):
+        LinearProjector(4, 4, num_prefix_tokens=0)
+    with pytest.raises(ValueError):
+        LinearProjector(4, 4, dropout=1.0)
