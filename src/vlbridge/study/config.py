@@ -99,22 +99,25 @@ class StudyConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {  # a smoke test of every stage: <= 3 minutes on 2 CPU cores
-        "clip": {"steps": 60, "batch_size": 64, "eval": {"every": 0, "n": 104},
-                 "data": {"shapes_n": 2000, "openclipart_n": 300}},
-        "ssl": {"steps": 20, "batch_size": 32, "n_images": 256},
-        "clip_table": {"datasets": ["shapes", "fashion-mnist"], "shifts": ["sketch", "invert"],
-                       "n_train": 200, "n_test": 100, "probe_c_steps": 3},
-        "limber": {"train": {"max_steps": 20, "batch_size": 16, "data": {"n": 320}},
-                   "caption_sets": {"shapes": "shapes?split=test&n=24", "twemoji": "twemoji?split=test&n=8"},
-                   "vqa_queries": "shapes?split=test&n=6", "vqa_max_questions": 16,
-                   "vqa_support": "shapes?split=train&n=24", "sample_images": 4},
+    "quick": {  # a smoke test of every stage (CI): <= 3 minutes on 2 CPU cores
+        "clip": {"steps": 30, "batch_size": 32, "eval": {"every": 0, "n": 52},
+                 "data": {"shapes_n": 512, "twemoji": False, "openclipart": False}},
+        "ssl": {"steps": 6, "batch_size": 16, "n_images": 64},
+        "clip_table": {"datasets": ["shapes", "fashion-mnist"], "shifts": ["sketch"],
+                       "n_train": 104, "n_test": 52, "probe_c_steps": 2, "probe_max_iter": 50},
+        "limber": {"train": {"max_steps": 6, "batch_size": 8, "data": {"n": 64}},
+                   "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&n=3"},
+                   "vqa_queries": "shapes?split=test&n=2", "vqa_max_questions": 4,
+                   "vqa_support": "shapes?split=train&n=8", "sample_images": 4},
     },
     "default": {  # the embedded-default experiment: <= 15 minutes on 2 CPU cores
         "clip": {"steps": 500, "batch_size": 128, "eval": {"every": 100},
                  "data": {"shapes_n": 16000, "openclipart_n": 1500}},
-        "ssl": {"steps": 150},
-        "limber": {"train": {"max_steps": 150, "batch_size": 16, "data": {"n": 2400}}},
+        "ssl": {"steps": 120},
+        "limber": {"train": {"max_steps": 60, "batch_size": 16, "data": {"n": 960}},
+                   "caption_sets": {"shapes": "shapes?split=test&n=90", "twemoji": "twemoji?split=test&n=40"},
+                   "vqa_queries": "shapes?split=test&n=12", "vqa_max_questions": 48,
+                   "vqa_support": "shapes?split=train&n=100"},
     },
 }
 
