@@ -95,6 +95,11 @@ def similarity_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels
     return _save(fig, path)
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (which fonts cannot draw) shown as spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
 def caption_grid(images: Sequence[Image.Image], captions: Sequence[dict[str, str]], path: Path,
                  columns: int = 4) -> Path:
     """Each sample image with every encoder's generated caption under it."""
@@ -105,6 +110,6 @@ def caption_grid(images: Sequence[Image.Image], captions: Sequence[dict[str, str
         ax.axis("off")
     for ax, image, by_encoder in zip(axes.flat, images, captions):
         ax.imshow(image)
-        text = "\n".join(f"{name}: {caption[:48]}" for name, caption in by_encoder.items())
+        text = "\n".join(f"{name}: {printable(caption)[:48]}" for name, caption in by_encoder.items())
         ax.set_title(text, fontsize=6.5, loc="left")
     return _save(fig, path)
