@@ -111,7 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "vqa_support": "shapes?split=train&n=8", "sample_images": 4},
     },
     "default": {  # the embedded-default experiment: <= 15 minutes on 2 CPU cores
-        "clip": {"steps": 500, "batch_size": 128, "eval": {"every": 100},
+        "clip": {"steps": 250, "batch_size": 128, "optim": {"lr": 0.002}, "eval": {"every": 50},
                  "data": {"shapes_n": 16000, "openclipart_n": 1500}},
         "ssl": {"steps": 120},
         "limber": {"train": {"max_steps": 60, "batch_size": 16, "data": {"n": 960}},
