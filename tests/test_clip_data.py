@@ -165,6 +165,10 @@ def test_dataset_specs_and_query_word_filter_go_through_formats(monkeypatch):
 
     fake.load_image_text, fake.filter_by_query_words = load_image_text, filter_by_query_words
     monkeypatch.setitem(sys.modules, "vlbridge.data.formats", fake)
+    import vlbridge.data
+
+    # `from vlbridge.data import formats` reads the package attribute once the real module is imported
+    monkeypatch.setattr(vlbridge.data, "formats", fake, raising=False)
     assert [r.id for r in clip_data.load_source(ClipDataConfig(source="list-spec"))] == [r.id for r in web]
     factory = clip_data.load_source(ClipDataConfig(source="stream-spec"))
     assert callable(factory) and [r.id for r in factory()] == [r.id for r in web]  # streamed, reopened per epoch
