@@ -13,7 +13,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 
 from vlbridge.errors import UserError
 from vlbridge.evaluation.features_io import DATASET_HELP, LabelledImages, embed_records, load_captioned, load_classification
@@ -22,6 +21,7 @@ from vlbridge.evaluation.retrieval import retrieval_scores
 from vlbridge.evaluation.robustness import LabelledFeatures, evaluate_robustness
 from vlbridge.evaluation.templates import builtin_template_names, load_templates
 from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
+from vlbridge.training import distributed
 
 GROUP = "eval"
 log = logging.getLogger(__name__)
@@ -222,16 +222,8 @@ def load_bundle(args: argparse.Namespace):
 
 
 def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible else 'cpu'; anything else is checked and kept."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"--device expects cpu, cuda, cuda:N or auto; got {name!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for a GPU, but none is visible")
-    return name
+    """'auto' -> this machine's GPU if visible, else CPU; bad names and absent GPUs are UserErrors."""
+    return str(distributed.resolve_device(name))
 
 
 def probe_config(args: argparse.Namespace) -> ProbeConfig:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vlbridge.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,12 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     """'auto' -> this rank's GPU if CUDA is available, else CPU; otherwise the named device."""
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError as err:
+        raise UserError(f"--device expects cpu, cuda, cuda:N or auto; got {preference!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {preference} asked for a GPU, but none is visible")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
