@@ -18,9 +18,6 @@ from PIL import Image, ImageDraw
 from vlbridge.config import merge
 from vlbridge.data.records import ImageTextRecord
 
-# The 2 test cores are shared by parallel test runs; with 2 intra-op threads per process, tiny
-# models spend most of each step waiting at thread barriers (measured 8x slower). One thread.
-torch.set_num_threads(1)
 
 WORDS = (
     "a an the photo picture of there is are shape shapes small large to left right top bottom centre "

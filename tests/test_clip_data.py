@@ -180,3 +180,15 @@ def test_dataset_specs_and_query_word_filter_go_through_formats(monkeypatch):
     mixed = clip_data.load_source(ClipDataConfig(shapes_n=3, shapes_image_size=32, query_top_m=1))
     assert len(mixed) == 4 and mixed[-1].id == "r0"  # shapes untouched, web records filtered
     assert calls[-1] == ("filter", [r.id for r in web], 1)
+
+
+def test_oversized_files_are_refused_before_decoding(bundle, tmp_path):
+    from vlbridge.data.records import BadImage
+
+    path = tmp_path / "big.png"
+    solid_images(1, size=40)[0].save(path)  # 40 x 46 = 1840 pixels
+    small_limit = PairMaker(train_transform(bundle.model), bundle.tokenizer, 0, cache_side=64, max_pixels=1000)
+    with pytest.raises(BadImage, match="more than data.max_image_pixels"):
+        small_limit(ImageTextRecord("big", path, ["a disc"]), (0,))
+    pixels, ids = maker(bundle)(ImageTextRecord("big", path, ["a disc"]), (0,))  # default limit: fine
+    assert pixels.shape == (3, 32, 32) and ids.dtype == torch.long

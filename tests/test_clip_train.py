@@ -131,3 +131,39 @@ def test_lit_training_runs_and_loads(tmp_path):
     bundle = load_clip(str(tmp_path / "lit"))
     assert type(bundle.model).__name__ == "LockedTextCLIP"
     assert bundle.embed_texts(["a red circle"]).shape == (1, 32)
+
+
+def test_webdataset_shards_stream_and_resume_exactly(tmp_path):
+    from vlbridge.data import shapes
+    from vlbridge.data.formats import export_records
+
+    summary = export_records(shapes.image_text_records(20, split="train", image_size=32), tmp_path / "shards", "wds",
+                             shard_size=8, progress=False)
+    cfg = micro_config(steps=6, checkpoint_every=2, data={"source": summary.read_back, "shuffle_buffer": 6})
+
+    def stop_at_3(step):
+        if step == 3:
+            raise Interrupt
+
+    train_clip(cfg, tmp_path / "full")  # 6 x 8 samples: more than two passes over the 20 records
+    with pytest.raises(Interrupt):
+        train_clip(cfg, tmp_path / "cut", on_step=stop_at_3)
+    assert train_clip(cfg, tmp_path / "cut", resume="latest")["start_step"] == 2
+    full, cut = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_zero_shot_probe_equals_the_evaluation_module():
+    from vlbridge.data import shapes
+    from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
+    from vlbridge.models.clip import create_clip
+    from vlbridge.training.loop_utils import ZeroShotProbe
+
+    bundle = create_clip("vl-micro-rn")
+    records = shapes.classification_records(104, split="val", seed=1, image_size=32)
+    names, templates = shapes.class_names(), ["a photo of a {}.", "a drawing of a {}."]
+    images, labels = [r.image for r in records], [r.label for r in records]
+    probe = ZeroShotProbe(images, labels, names, templates, bundle.preprocess, bundle.tokenizer)
+    classifier = build_classifier(bundle, names, templates)
+    expected = zero_shot_scores(bundle.embed_images(images), classifier, torch.tensor([names.index(x) for x in labels]))
+    assert probe.accuracy(bundle.model, torch.device("cpu")) == pytest.approx(expected["top1"])

@@ -21,6 +21,7 @@ i % W, and the data state saved in checkpoints is each rank's position in that s
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,11 +51,12 @@ class ClipDataConfig:
     shapes_image_size: int = 64  # side of the rendered shapes images, pixels
     twemoji: bool = True  # add the Twemoji train split (skipped with a warning if not installed)
     openclipart: bool = True  # add the openclipart train split (skipped with a warning if not installed)
-    openclipart_n: int | None = 2000  # openclipart images used (seeded subset; None: all ~6.5k, slow PNG decodes)
+    openclipart_n: int | None = 1000  # openclipart images used (seeded subset; None: all ~6.5k; large PNGs decode slowly)
     query_top_m: int | None = None  # keep only web-like records whose text holds a top-m query word (None: all)
     aug_scale_min: float = 0.9  # RandomResizedCrop keeps at least this fraction of the area (1.0: no crop)
     workers: int = 0  # DataLoader worker processes (0: load in the training process)
     cache_side: int = 128  # decoded file images are kept in memory, shortest side shrunk to this
+    max_image_pixels: int = 25_000_000  # larger images are skipped (openclipart has 168-megapixel PNGs: seconds each)
     shuffle_buffer: int = 2000  # shuffle buffer of streamed sources
 
 
@@ -134,11 +136,12 @@ def seeded_transform(transform: Callable, image: Image.Image, seed: int) -> torc
 class PairMaker:
     """Turns one record into (pixels (3, H, W), token ids (L,)), seeded by a sample key."""
 
-    def __init__(self, transform: Callable, tokenizer: Callable, seed: int, cache_side: int):
+    def __init__(self, transform: Callable, tokenizer: Callable, seed: int, cache_side: int, max_pixels: int = 25_000_000):
         self.transform = transform  # open_clip training transform
         self.tokenizer = tokenizer  # texts -> (B, L) ids
         self.seed = seed  # run seed; mixed into every sample key
         self.cache_side = cache_side  # shortest side of cached decoded images
+        self.max_pixels = max_pixels  # bigger files are refused before decoding
         self.image_cache: dict[str, Image.Image] = {}  # record id -> decoded, shrunk image
         self.token_cache: dict[str, torch.Tensor] = {}  # caption -> (L,) ids
 
@@ -147,6 +150,9 @@ class PairMaker:
             return open_image(record.image)
         cached = self.image_cache.get(record.id)
         if cached is None:
+            pixels = _pixel_count(record.image)
+            if pixels is not None and pixels > self.max_pixels:
+                raise BadImage(f"image has {pixels / 1e6:.0f} megapixels, more than data.max_image_pixels ({self.max_pixels / 1e6:.0f} M)")
             cached = open_image(record.image)
             if min(cached.size) > self.cache_side:
                 scale = self.cache_side / min(cached.size)
@@ -170,6 +176,15 @@ class PairMaker:
                 self.token_cache.clear()
             ids = self.token_cache[caption] = self.tokenizer([caption])[0].long()  # (L,)
         return ids
+
+
+def _pixel_count(ref) -> int | None:
+    """Width x height from the file header (no decoding); None if unreadable (open_image reports it)."""
+    try:
+        with Image.open(io.BytesIO(ref) if isinstance(ref, (bytes, bytearray)) else ref) as handle:
+            return handle.width * handle.height
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def collate(samples: list[tuple[torch.Tensor, torch.Tensor, str]], skipped: list[tuple[str, str]]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class ClipModelConfig:
     lit_text_dir: str | None = None  # LiT text encoder dir (None: the embedded all-MiniLM-L6-v2)
     lit_context_length: int = 32  # tokens per caption for the LiT text encoder
     grad_checkpointing: bool = False  # recompute activations in backward (open_clip set_grad_checkpointing)
+    channels_last: bool = True  # NHWC weights and images: ~1.35x faster convolutions on CPU (oneDNN)
 
 
 @dataclass
@@ -62,12 +63,12 @@ class ClipLossConfig:
 class ClipOptimConfig:
     """AdamW with linear warmup and cosine decay."""
 
-    lr: float = 1e-3  # peak learning rate
+    lr: float = 4e-3  # peak learning rate (high: tiny model, big batch, 200 steps)
     weight_decay: float = 0.1  # AdamW decay on matrices (none on biases, gains, embeddings, logit scale)
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.98  # AdamW second-moment decay (CLIP uses 0.98)
     eps: float = 1e-6  # AdamW epsilon (CLIP uses 1e-6)
-    warmup_steps: int = 50  # linear warmup from 0
+    warmup_steps: int = 20  # linear warmup from 0
     min_lr_ratio: float = 0.0  # cosine decays to this fraction of lr
     grad_clip_norm: float | None = 1.0  # clip the global gradient norm (None: no clipping)
     accum_steps: int = 1  # micro-batches per step (open_clip feature-cached accumulation)
@@ -94,12 +95,12 @@ class ClipTrainConfig:
     loss: ClipLossConfig = field(default_factory=ClipLossConfig)  # contrastive loss options
     optim: ClipOptimConfig = field(default_factory=ClipOptimConfig)  # optimizer and schedule
     eval: ClipEvalConfig = field(default_factory=ClipEvalConfig)  # periodic zero-shot check
-    steps: int = 600  # optimizer steps in total
-    batch_size: int = 128  # global batch: all ranks and micro-batches together
+    steps: int = 200  # optimizer steps in total (200 x 512 = ~100k pairs: ~5 min on 2 CPU cores)
+    batch_size: int = 512  # global batch: all ranks and micro-batches together (big batches = hard negatives)
     seed: int = 0  # model init, data order, captions and augmentation
     device: str = "auto"  # "auto" (this rank's GPU if any, else CPU), "cpu", "cuda", "cuda:1"...
     log_every: int = 10  # steps between metric rows
-    checkpoint_every: int = 200  # steps between checkpoints (0: only the final one)
+    checkpoint_every: int = 100  # steps between checkpoints (0: only the final one)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
 
 
@@ -145,6 +146,8 @@ def build_model(cfg: ClipModelConfig, device: torch.device) -> tuple[torch.nn.Mo
         tokenizer, spec = openclip_tokenizer(model_cfg), {"kind": "open_clip", "arch": cfg.arch, "model_cfg": model_cfg}
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model.to(device).train(), tokenizer, spec
 
 
@@ -156,7 +159,7 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def make_batches(cfg: ClipTrainConfig, state: TrainState, env: DistEnv):
     """Iterator over this rank's batches from state.step on, plus the stream (None if map-style)."""
     transform = train_transform(state.model, cfg.data.aug_scale_min)
-    make_pair = PairMaker(transform, state.tokenizer, cfg.seed, cfg.data.cache_side)
+    make_pair = PairMaker(transform, state.tokenizer, cfg.seed, cfg.data.cache_side, cfg.data.max_image_pixels)
     source = load_source(cfg.data)
     local_batch = cfg.batch_size // env.world_size
     if isinstance(source, list):
@@ -279,7 +282,8 @@ def _loop(cfg, state: TrainState, wrapped, batches, stream, loss_fn, probe, logg
         step_start = time.perf_counter()
         batch = next(batches)
         count_skips(batch, skips)
-        loss = contrastive_step(wrapped, batch, loss_fn, state.optimizer, env.device, cfg.optim.accum_steps, cfg.optim.grad_clip_norm)
+        loss = contrastive_step(wrapped, batch, loss_fn, state.optimizer, env.device, cfg.optim.accum_steps,
+                                cfg.optim.grad_clip_norm, cfg.model.channels_last)
         lr = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         state.step += 1

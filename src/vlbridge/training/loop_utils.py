@@ -67,10 +67,12 @@ def contrastive_step(
     device: torch.device,
     accum_steps: int = 1,
     grad_clip_norm: float | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """One optimizer update on this rank's share of a global batch; returns the (local) loss."""
     optimizer.zero_grad(set_to_none=True)
-    images = batch["pixel_values"].to(device, non_blocking=True)  # (n, 3, H, W)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = batch["pixel_values"].to(device, non_blocking=True).contiguous(memory_format=memory_format)  # (n, 3, H, W)
     texts = batch["input_ids"].to(device, non_blocking=True)  # (n, L)
     if accum_steps == 1:
         with autocast(device):
@@ -96,7 +98,7 @@ class ZeroShotProbe:
         self.class_names = list(class_names)  # the C candidate classes
         self.pixel_values = torch.stack([preprocess(im) for im in images])  # (N, 3, H, W)
         self.targets = torch.tensor([self.class_names.index(label) for label in labels])  # (N,)
-        prompts = [template.format(name) for name in self.class_names for template in templates]
+        prompts = [template.replace("{}", name) for name in self.class_names for template in templates]
         self.token_ids = tokenizer(prompts).long()  # (C*T, L)
         self.num_templates = len(templates)  # T
 
