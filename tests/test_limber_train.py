@@ -6,6 +6,7 @@ real FeatureStore (one cache per module, so they are extracted once).
 """
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -126,6 +127,11 @@ def test_tuned_encoder_changes_and_is_saved(assets, tmp_path):
     reloaded = projection.load_trained_limber(tmp_path / "run")
     for key, value in tuned.state_dict().items():
         assert torch.equal(reloaded.encoder.state_dict()[key], value)
+    from vlbridge.commands.caption import load_model  # what `vlbridge caption` / `vlbridge vqa` load
+
+    from_cli = load_model(SimpleNamespace(model=str(tmp_path / "run"), device="cpu"))
+    for key, value in tuned.state_dict().items():
+        assert torch.equal(from_cli.encoder.state_dict()[key], value)
 
 
 def test_cli_trains_and_reports(assets, tmp_path, capsys):

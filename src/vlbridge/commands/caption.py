@@ -37,7 +37,7 @@ def add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int)
     group.add_argument(
         "--max-new-tokens", type=int, default=max_new_tokens, metavar="N", help=f"most tokens to generate (default {max_new_tokens})"
     )
-    parser.add_argument("--model", required=True, metavar="CKPT", help="LiMBeR checkpoint directory (Limber.save output)")
+    parser.add_argument("--model", required=True, metavar="CKPT", help="LiMBeR model: a `train limber` run dir or its model/ folder")
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
 
 
@@ -58,11 +58,11 @@ def generation_config(args):
 
 
 def load_model(args, with_encoder: bool = True):
-    """The checkpoint named by --model on the --device."""
-    from vlbridge.models.limber import Limber
+    """The checkpoint named by --model on the --device (a run dir or its model/; tuned encoder weights included)."""
     from vlbridge.training.distributed import resolve_device
+    from vlbridge.training.projection import load_trained_limber
 
-    return Limber.load(args.model, device=resolve_device(args.device), with_encoder=with_encoder)
+    return load_trained_limber(args.model, device=resolve_device(args.device), with_encoder=with_encoder)
 
 
 def register(subparsers) -> None:

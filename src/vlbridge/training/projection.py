@@ -168,8 +168,11 @@ def build_limber(config: LimberTrainConfig, device: torch.device):
     return Limber.build(limber_config, device=device, encoder=encoder, lm=lm)
 
 
-def load_trained_limber(model_dir: str | Path, device: str | torch.device = "cpu"):
-    """A saved Limber (`run_dir/model` or `run_dir`), with its tuned encoder weights when present."""
+def load_trained_limber(model_dir: str | Path, device: str | torch.device = "cpu", with_encoder: bool = True):
+    """A saved Limber (`run_dir/model` or `run_dir`), with its tuned encoder weights when present.
+
+    with_encoder=False skips the image encoder (blind VQA, cached features).
+    """
     from safetensors.torch import load_file
 
     from vlbridge.models.limber import Limber
@@ -177,9 +180,9 @@ def load_trained_limber(model_dir: str | Path, device: str | torch.device = "cpu
     model_dir = Path(model_dir)
     if (model_dir / "model").is_dir():
         model_dir = model_dir / "model"
-    model = Limber.load(model_dir, device=device)
+    model = Limber.load(model_dir, device=device, with_encoder=with_encoder)
     tuned = model_dir / TUNED_ENCODER_FILE
-    if tuned.is_file():
+    if with_encoder and tuned.is_file():
         if model.encoder is None:
             raise UserError(f"{model_dir} holds tuned encoder weights but its config names no encoder")
         model.encoder.load_state_dict(load_file(str(tuned), device=str(device)))
