@@ -10,7 +10,13 @@ cosine, gradient clipping 1.0, fp32 on CPU (bf16 autocast on GPU for both):
 Rounds alternate between the two so machine load hits both alike; the median round of each is
 reported and the ratio vlbridge / open_clip printed (goal >= 1.0).
 
+On a GPU each round ends with a device synchronize, and the model FLOP utilisation (MFU) of
+both sides is printed: FLOPs of one training step (forward + backward, counted once with
+torch.utils.flop_counter on a real batch: matmuls, convolutions, attention) x steps/s, over the
+chip's dense bf16 peak (`--peak-tflops`; default from the device name: H100/H200 989.4).
+
     python bench/clip_train.py [--arch vl-tiny-vit] [--batch-size 128] [--steps 10] [--rounds 3] [--threads N]
+    python bench/clip_train.py --arch ViT-B-32 --batch-size 256 --steps 20   # on a GPU: bf16, + MFU
 """
 
 from __future__ import annotations
@@ -55,6 +61,38 @@ class SyntheticLoader:
         return iter(self.batches)
 
 
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16 tensor-core peaks
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it (no-op on CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def step_flops(model, batch: tuple[torch.Tensor, torch.Tensor], device: str) -> int:
+    """FLOPs of one forward + backward of the CLIP loss on `batch` (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vlbridge.training.distributed import autocast
+    from vlbridge.training.loss import ClipLoss
+
+    with FlopCounterMode(display=False) as counter:
+        with autocast(torch.device(device)):
+            out = model(*batch)
+            loss = ClipLoss()(out["image_features"], out["text_features"], out["logit_scale"])
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    if given or not device.startswith("cuda"):
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
 def open_clip_round(model, batches, args) -> float:
     """Seconds for open_clip's train_one_epoch over `batches` (fresh optimizer/scheduler, like a new epoch)."""
     from open_clip import ClipLoss
@@ -70,8 +108,10 @@ def open_clip_round(model, batches, args) -> float:
     )
     scheduler = cosine_lr(optimizer, args.lr, args.warmup, len(batches))
     data = {"train": SyntheticLoader(batches)}
+    synchronize(args.device)
     start = time.perf_counter()
     train_one_epoch(model, data, ClipLoss(), 0, optimizer, None, scheduler, None, args)
+    synchronize(args.device)
     return time.perf_counter() - start
 
 
@@ -84,6 +124,7 @@ def vlbridge_round(model, batches, args) -> float:
     optimizer, scheduler = make_optimizer(model, optim_cfg, len(batches))  # exactly what train_clip builds
     loss_fn = ClipLoss()
     device = torch.device(args.device)
+    synchronize(args.device)
     start = time.perf_counter()
     for step, (images, texts) in enumerate(batches):
         batch = {"pixel_values": images, "input_ids": texts}
@@ -91,6 +132,7 @@ def vlbridge_round(model, batches, args) -> float:
         scheduler.step()
         if step % args.log_every_n_steps == 0:
             float(loss)  # the logged value, as train_clip reads it
+    synchronize(args.device)
     return time.perf_counter() - start
 
 
@@ -102,6 +144,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side (alternating)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="chip's dense bf16 peak for MFU (default: from the GPU's name; none on CPU)")
     cli = parser.parse_args()
     if cli.threads:
         torch.set_num_threads(cli.threads)
@@ -132,6 +176,14 @@ def main() -> None:
     for name, values in timings.items():
         print(f"  {name:9s} {rates[name]:8.1f} samples/s (rounds: {', '.join(f'{v:.1f}' for v in values)})")
     print(f"  ratio vlbridge / open_clip = {rates['vlbridge'] / rates['open_clip']:.3f} (goal >= 1.0)")
+    peak = peak_tflops(cli.device, cli.peak_tflops)
+    if peak:
+        flops = step_flops(copy.deepcopy(initial).train(), batches[0], cli.device)  # per step of batch_size samples
+        chip = torch.cuda.get_device_name(cli.device) if cli.device.startswith("cuda") else "given"
+        print(f"  {flops / 1e12:.3f} TFLOP per step; MFU vs {peak:.1f} TFLOP/s bf16 peak ({chip}):")
+        for name, rate in rates.items():
+            achieved = flops * rate / cli.batch_size
+            print(f"  {name:9s} {achieved / 1e12:7.1f} TFLOP/s = {100 * achieved / (peak * 1e12):.1f}% MFU")
 
 
 if __name__ == "__main__":
