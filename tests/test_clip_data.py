@@ -188,7 +188,7 @@ def test_oversized_files_are_refused_before_decoding(bundle, tmp_path):
     path = tmp_path / "big.png"
     solid_images(1, size=40)[0].save(path)  # 40 x 46 = 1840 pixels
     small_limit = PairMaker(train_transform(bundle.model), bundle.tokenizer, 0, cache_side=64, max_pixels=1000)
-    with pytest.raises(BadImage, match="more than data.max_image_pixels"):
+    with pytest.raises(BadImage, match="larger than 0.001 megapixels"):
         small_limit(ImageTextRecord("big", path, ["a disc"]), (0,))
     pixels, ids = maker(bundle)(ImageTextRecord("big", path, ["a disc"]), (0,))  # default limit: fine
     assert pixels.shape == (3, 32, 32) and ids.dtype == torch.long

@@ -262,3 +262,24 @@ def test_export_skips_and_counts_bad_images(tmp_path, records):
     assert summary.written == len(records)
     assert summary.skips.as_dict() == {"undecodable image": 1, "missing image file": 1, "empty caption": 1}
     assert_same_records(list(formats.load_image_text(summary.read_back)), records)
+
+
+def test_oversized_images_are_refused_from_the_header(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from vlbridge.data import records
+    from vlbridge.data.records import BadImage, open_image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGBA", (200, 100), (0, 0, 255, 0)).save(path)
+    data = path.read_bytes()
+    for ref in (path, str(path), data):
+        with pytest.raises(BadImage, match="larger than 0.01 megapixels, not decoded"):
+            open_image(ref, max_pixels=10_000)
+        assert open_image(ref, max_pixels=20_000).size == (200, 100)  # at the limit: decoded
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # PIL's bomb error (> 2x its limit) is a BadImage too
+    with pytest.raises(BadImage, match="not decoded"):
+        open_image(io.BytesIO(data).getvalue(), max_pixels=None)
+    assert records.MAX_IMAGE_PIXELS == 25_000_000  # the default guard

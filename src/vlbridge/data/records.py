@@ -7,7 +7,9 @@ record types, so training and evaluation never care where data came from:
 - `VQARecord`: one question about one image with its 10 human answers.
 
 Images are referenced lazily (`ImageRef`: a path, raw bytes, or an in-memory PIL image)
-and opened with `open_image`, which always returns RGB (RGBA composited onto white).
+and opened with `open_image`, which always returns RGB (RGBA composited onto white). Files
+larger than `MAX_IMAGE_PIXELS` are refused from their header, before decoding: openclipart
+ships a few 170-600-megapixel PNGs that would take seconds to minutes and gigabytes each.
 
 Bad samples never kill a run: readers call `SkipCounter.skip(reason, where)` and move on;
 the count is reported at the end.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 ImageRef = Union[str, Path, bytes, Image.Image]
+MAX_IMAGE_PIXELS = 25_000_000  # open_image refuses bigger files (5000 x 5000) before decoding
 
 
 class BadImage(ValueError):
@@ -58,27 +62,41 @@ class VQARecord:
     split: str | None = None  # "train" / "val" / "test" / ...
 
 
-def open_image(ref: ImageRef) -> Image.Image:
+def open_image(ref: ImageRef, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode `ref` into an RGB PIL image; transparent pixels are composited onto white.
 
-    Raises BadImage with a one-line reason for anything that is not a readable image.
+    Raises BadImage with a one-line reason for anything that is not a readable image, and for
+    files of more than `max_pixels` pixels (None: no limit), judged from the header alone.
     """
+    if isinstance(ref, Image.Image):
+        return to_rgb(ref)
+    where = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
     try:
-        if isinstance(ref, Image.Image):
-            image = ref
-        elif isinstance(ref, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(ref))
-            image.load()
-        else:
-            with Image.open(ref) as handle:
+        with warnings.catch_warnings():  # PIL's own "decompression bomb" warning: the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(ref) if isinstance(ref, (bytes, bytearray)) else ref) as handle:
+                _check_pixels(handle, max_pixels)
                 handle.load()
                 image = handle.copy()
     except FileNotFoundError as err:
         raise BadImage(f"missing image file {ref}") from err
+    except Image.DecompressionBombError as err:
+        raise BadImage(_too_large(max_pixels)) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        where = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
+        if isinstance(err, BadImage):
+            raise
         raise BadImage(f"cannot decode image {where}: {err}") from err
     return to_rgb(image)
+
+
+def _too_large(max_pixels: int | None) -> str:
+    limit = f"{max_pixels / 1e6:g} megapixels" if max_pixels else "PIL's decompression-bomb limit"
+    return f"image larger than {limit}, not decoded"
+
+
+def _check_pixels(handle: Image.Image, max_pixels: int | None) -> None:
+    if max_pixels is not None and handle.width * handle.height > max_pixels:
+        raise BadImage(_too_large(max_pixels))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
