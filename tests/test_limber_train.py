@@ -165,3 +165,23 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error(assets, tmp_path, m
     monkeypatch.setattr(projection, "token_loss_sum", poisoned)
     with pytest.raises(UserError, match="loss became nan at step 1; try a lower optim.lr"):
         train_limber(tiny_config(assets, max_steps=2), tmp_path / "run")
+
+
+def test_projector_starts_at_the_word_embedding_scale(assets):
+    config = tiny_config(assets)
+    model = projection.build_limber(config, torch.device("cpu"))
+    data = projection.prepare_data(config, model, projection.DistEnv())
+    default_weight = model.projector.proj.weight.detach().clone()
+    projection.init_projector(model, data, dataclasses.replace(config, projector_init="default"))
+    assert torch.equal(model.projector.proj.weight, default_weight)  # "default": nn.Linear's init kept
+    projection.init_projector(model, data, config)
+    word_std = float(model.lm.model.get_input_embeddings().weight.std())
+    with torch.no_grad():
+        prefix = model.projector(data.features)  # (N, k, H)
+    assert abs(float(prefix.std()) / word_std - 1) < 0.25
+    assert torch.count_nonzero(model.projector.proj.bias) == 0
+    again = projection.build_limber(config, torch.device("cpu"))
+    projection.init_projector(again, data, config)
+    assert torch.equal(again.projector.proj.weight, model.projector.proj.weight)  # seeded
+    with pytest.raises(UserError, match="projector_init must be one of"):
+        projection.init_projector(model, data, dataclasses.replace(config, projector_init="xavier"))

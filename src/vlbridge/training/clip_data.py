@@ -48,6 +48,7 @@ class ClipDataConfig:
     shapes_n: int = 20000  # shapes-world train images in the embedded default
     shapes_seed: int = 0  # seed of the shapes world (train split)
     shapes_image_size: int = 64  # side of the rendered shapes images, pixels
+    shapes_max_objects: int = 3  # most shapes per image (1..max uniformly: 3 -> a third single-object)
     twemoji: bool = True  # add the Twemoji train split (skipped with a warning if not installed)
     openclipart: bool = True  # add the openclipart train split (skipped with a warning if not installed)
     openclipart_n: int | None = 1000  # openclipart images used (seeded subset; None: all ~6.5k; large PNGs decode slowly)
@@ -66,7 +67,8 @@ def embedded_records(cfg: ClipDataConfig) -> list[ImageTextRecord]:
     """The embedded default: shapes world (always) + Twemoji + openclipart when installed."""
     from vlbridge.data import shapes
 
-    records = shapes.image_text_records(cfg.shapes_n, split="train", seed=cfg.shapes_seed, image_size=cfg.shapes_image_size)
+    records = shapes.image_text_records(cfg.shapes_n, split="train", seed=cfg.shapes_seed,
+                                        image_size=cfg.shapes_image_size, max_objects=cfg.shapes_max_objects)
     web: list[ImageTextRecord] = []
     if cfg.twemoji:
         web += _optional_asset("Twemoji", lambda: _embedded().twemoji_records(split="train"))
