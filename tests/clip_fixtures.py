@@ -31,7 +31,7 @@ def micro_config(**overrides):
 
     base = {
         "model": {"arch": "vl-micro-vit"},
-        "data": {"shapes_n": 48, "shapes_image_size": 32, "twemoji": False, "openclipart": False},
+        "data": {"shapes_n": 48, "shapes_image_size": 32, "twemoji": False, "openclipart": False, "workers": 0},
         "optim": {"warmup_steps": 2, "lr": 1e-3},
         "eval": {"n": 52, "every": 0},
         "steps": 4, "batch_size": 8, "log_every": 1, "checkpoint_every": 0, "device": "cpu",

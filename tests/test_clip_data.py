@@ -192,3 +192,10 @@ def test_oversized_files_are_refused_before_decoding(bundle, tmp_path):
         small_limit(ImageTextRecord("big", path, ["a disc"]), (0,))
     pixels, ids = maker(bundle)(ImageTextRecord("big", path, ["a disc"]), (0,))  # default limit: fine
     assert pixels.shape == (3, 32, 32) and ids.dtype == torch.long
+
+
+def test_batches_hold_normalised_float_pixels(bundle):
+    dataset = PairDataset(records(), maker(bundle), seed=0)
+    batch = dataset[[0, 1, 2]]
+    assert batch["pixel_values"].dtype == torch.float32 and batch["pixel_values"].shape[:2] == (3, 3)
+    assert float(batch["pixel_values"].min()) < -1.0  # normalised, not uint8 or [0, 1]

@@ -19,7 +19,7 @@ from vlbridge.evaluation.features_io import DATASET_HELP, LabelledImages, embed_
 from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe
 from vlbridge.evaluation.retrieval import retrieval_scores
 from vlbridge.evaluation.robustness import LabelledFeatures, evaluate_robustness
-from vlbridge.evaluation.templates import builtin_template_names, load_templates
+from vlbridge.evaluation.templates import builtin_template_names, templates_for
 from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
 from vlbridge.training import distributed
 
@@ -84,8 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "--templates",
                 default="simple",
                 metavar="SET",
-                help=f"prompt templates: {' | '.join(builtin_template_names())} | FILE with one template "
-                "containing {} per line (default simple: 'a photo of a {}.')",
+                help=f"prompt templates: {' | '.join(builtin_template_names())} | dataset (the dataset's own "
+                "set when one ships, e.g. shapes, else simple) | FILE with one template containing {} per line "
+                "(default simple: 'a photo of a {}.')",
             )
         if name in ("probe", "robustness"):
             add_probe_arguments(parser)
@@ -134,7 +135,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     bundle = load_bundle(args)
-    templates = load_templates(args.templates)
+    templates = templates_for(args.templates, args.dataset)[1]
     test = load_classification(args.dataset, "test", args.n, args.seed)
     features, kept = embed_records(bundle, test.records, args.batch_size, desc="embedding test images")
     classifier = build_classifier(bundle, test.classnames, templates)  # (C, E)
@@ -182,7 +183,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
 def run_robustness(args: argparse.Namespace) -> int:
     shift_specs = args.shift or default_shifts(args.dataset)
     bundle = load_bundle(args)
-    templates = load_templates(args.templates)
+    templates = templates_for(args.templates, args.dataset)[1]
     train = load_classification(args.dataset, "train", args.n_train, args.seed)
     clean = load_classification(args.dataset, "test", args.n, args.seed)
     shifted = {spec: load_classification(spec, "test", args.n, args.seed) for spec in shift_specs}

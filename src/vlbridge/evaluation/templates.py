@@ -9,7 +9,9 @@ the CLI's `--templates` names:
   - any file shipped as `vlbridge/evaluation/templates/<name>.txt` ("simple" is
     "a photo of a {}.");
   - a path to a user file: UTF-8 text, one template per line; blank lines and lines
-    starting with "#" are ignored; every other line must contain `{}`.
+    starting with "#" are ignored; every other line must contain `{}`;
+  - "dataset" (with `templates_for`): each dataset's own shipped set when there is one
+    (`shapes.txt` for the shapes world), else "simple" -- per-dataset prompts, as CLIP used.
 
 `fill_template(template, classname)` does the substitution (plain replacement, so other
 braces in a template are left alone).
@@ -24,6 +26,8 @@ from vlbridge.errors import BadInputError, UserError
 
 PLACEHOLDER = "{}"  # what a class name replaces in a template
 OPENAI = "openai"  # name of the template set taken from open_clip
+PER_DATASET = "dataset"  # templates_for: the dataset's own shipped set, else FALLBACK
+FALLBACK = "simple"  # the set used for datasets without their own
 
 
 def fill_template(template: str, classname: str) -> str:
@@ -44,6 +48,15 @@ def openai_templates() -> list[str]:
 
     # open_clip stores them as lambdas `lambda c: f"...{c}..."`; calling with "{}" gives the string.
     return [make(PLACEHOLDER) for make in OPENAI_IMAGENET_TEMPLATES]
+
+
+def templates_for(spec: str, dataset: str) -> tuple[str, list[str]]:
+    """(set name, templates) for `dataset` ("shapes", "shapes-shift:blur", "fashion-mnist", ...)."""
+    if spec != PER_DATASET:
+        return spec, load_templates(spec)
+    family = dataset.split(":")[0].split("?")[0].removesuffix("-shift")
+    name = family if family in builtin_template_names() and family != OPENAI else FALLBACK
+    return name, load_templates(name)
 
 
 def load_templates(spec: str) -> list[str]:

@@ -22,7 +22,7 @@ from vlbridge.data.features import FeatureStore
 from vlbridge.evaluation.features_io import LabelledImages, load_classification
 from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe, select_and_fit
 from vlbridge.evaluation.robustness import LabelledFeatures, robustness_scores
-from vlbridge.evaluation.templates import load_templates
+from vlbridge.evaluation.templates import templates_for
 from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
 from vlbridge.study.config import StudyConfig
 from vlbridge.training.contrastive import train_clip
@@ -67,10 +67,10 @@ def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str,
     bundle = load_clip(clip_spec, device=device)
     encoders = {key: build_encoder(spec, device=str(device)) for key, spec in probe_specs.items()}
     encoders.setdefault("clip", build_encoder(f"clip:{clip_spec}", device=str(device)))
-    templates = load_templates(table.templates)
     probe_config = ProbeConfig(c_steps=table.probe_c_steps, max_iter=table.probe_max_iter, seed=config.seed)
-    result: dict = {"zero_shot": {}, "linear_probe": {}, "robustness": {}, "scorer": bundle.name}
+    result: dict = {"zero_shot": {}, "linear_probe": {}, "robustness": {}, "scorer": bundle.name, "templates": {}}
     for dataset in table.datasets:
+        result["templates"][dataset], templates = templates_for(table.templates, dataset)
         train = load_classification(dataset, "train", table.n_train, config.seed)
         test = load_classification(dataset, "test", table.n_test, config.seed)
         clip_test = labelled_features(store, encoders["clip"], test, table.batch_size)
@@ -88,6 +88,7 @@ def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str,
                                            "by_features": probes}
         log.info("CLIP table %s: zero-shot %.3f, probes %s", dataset, zero_shot["top1"], probes)
     if "shapes" in table.datasets and table.shifts:
+        templates = templates_for(table.templates, "shapes")[1]
         result["robustness"] = shapes_robustness(config, bundle, templates, encoders["clip"], store, probe_config)
     (folder / "table.json").write_text(json.dumps(result, indent=2))
 

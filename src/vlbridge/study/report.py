@@ -51,7 +51,7 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def clip_rows(clip: dict) -> tuple[list[str], list[list[str]]]:
     """Zero-shot vs linear-probe table (accuracies in %)."""
-    header = ["dataset", "zero-shot top-1", "zero-shot top-5", "mean per-class recall"]
+    header = ["dataset", "templates", "zero-shot top-1", "zero-shot top-5", "mean per-class recall"]
     probe_names: list[str] = []
     for entry in clip.get("linear_probe", {}).values():
         for name in entry.get("by_features", {}):
@@ -63,7 +63,7 @@ def clip_rows(clip: dict) -> tuple[list[str], list[list[str]]]:
     for dataset in datasets:
         zs = clip.get("zero_shot", {}).get(dataset, {})
         probe = clip.get("linear_probe", {}).get(dataset, {}).get("by_features", {})
-        rows.append([dataset, fmt(zs.get("top1"), True), fmt(zs.get("top5"), True),
+        rows.append([dataset, clip.get("templates", {}).get(dataset, "-"), fmt(zs.get("top1"), True), fmt(zs.get("top5"), True),
                      fmt(zs.get("mean_per_class_recall"), True), *[fmt(probe.get(n), True) for n in probe_names]])
     return header, rows
 

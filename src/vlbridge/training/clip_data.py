@@ -33,6 +33,7 @@ from PIL import Image
 
 from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter, open_image
 from vlbridge.errors import AssetMissingError, UserError
+from vlbridge.training.clip_augment import FastCropNormalize
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,13 @@ class ClipDataConfig:
     shapes_n: int = 20000  # shapes-world train images in the embedded default
     shapes_seed: int = 0  # seed of the shapes world (train split)
     shapes_image_size: int = 64  # side of the rendered shapes images, pixels
-    shapes_max_objects: int = 3  # most shapes per image (1..max uniformly: 3 -> a third single-object)
+    shapes_max_objects: int = 2  # most shapes per image (1..max uniformly; 2: half single-object, zero-shot learns faster than with 3)
     twemoji: bool = True  # add the Twemoji train split (skipped with a warning if not installed)
     openclipart: bool = True  # add the openclipart train split (skipped with a warning if not installed)
     openclipart_n: int | None = 1000  # openclipart images used (seeded subset; None: all ~6.5k; large PNGs decode slowly)
     query_top_m: int | None = None  # keep only web-like records whose text holds a top-m query word (None: all)
     aug_scale_min: float = 0.9  # RandomResizedCrop keeps at least this fraction of the area (1.0: no crop)
-    workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    workers: int = 1  # DataLoader worker processes (0: load in the training process; 1 overlaps loading with the step: ~1.12x on 2 cores)
     cache_side: int = 128  # decoded file images are kept in memory, shortest side shrunk to this
     max_image_pixels: int = 25_000_000  # larger images are skipped (openclipart has 168-megapixel PNGs: seconds each)
     shuffle_buffer: int = 2000  # shuffle buffer of streamed sources
@@ -135,10 +136,15 @@ def seeded_transform(transform: Callable, image: Image.Image, seed: int) -> torc
 
 
 class PairMaker:
-    """Turns one record into (pixels (3, H, W), token ids (L,)), seeded by a sample key."""
+    """Turns one record into (pixels (3, H, W), token ids (L,)), seeded by a sample key.
+
+    Pixels are uint8 crops on the fast path (`clip_augment`), normalised per batch by
+    `PairMaker.collate`; other transforms give normalised float pixels directly.
+    """
 
     def __init__(self, transform: Callable, tokenizer: Callable, seed: int, cache_side: int, max_pixels: int = 25_000_000):
         self.transform = transform  # open_clip training transform
+        self.fast_transform = FastCropNormalize.from_transform(transform)  # the same ops, ~8x cheaper (None: not that shape)
         self.tokenizer = tokenizer  # texts -> (B, L) ids
         self.seed = seed  # run seed; mixed into every sample key
         self.cache_side = cache_side  # shortest side of cached decoded images
@@ -164,8 +170,18 @@ class PairMaker:
             raise ValueError("record has no caption")
         rng = np.random.default_rng([self.seed, *key])
         caption = record.captions[int(rng.integers(len(record.captions)))]
-        pixels = seeded_transform(self.transform, self.image(record), int(rng.integers(2**62)))  # (3, H, W)
+        if self.fast_transform is not None:
+            pixels = self.fast_transform.crop(self.image(record), rng)  # (3, H, W) uint8: `collate` normalises
+        else:
+            pixels = seeded_transform(self.transform, self.image(record), int(rng.integers(2**62)))  # (3, H, W)
         return pixels, self.tokens(caption)  # (L,)
+
+    def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor, str]], skipped: list[tuple[str, str]]) -> dict[str, Any]:
+        """`collate`, normalising uint8 crops of the fast path as one batch."""
+        batch = collate(samples, skipped)
+        if batch["pixel_values"].dtype == torch.uint8:
+            batch["pixel_values"] = self.fast_transform.normalize(batch["pixel_values"])  # (n, 3, H, W)
+        return batch
 
     def tokens(self, caption: str) -> torch.Tensor:
         ids = self.token_cache.get(caption)
@@ -231,7 +247,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, positions: list[int]) -> dict[str, Any]:
         skipped: list[tuple[str, str]] = []
-        return collate([self.sample(p, skipped) for p in positions], skipped)
+        return self.make_pair.collate([self.sample(p, skipped) for p in positions], skipped)
 
 
 class StepSampler(torch.utils.data.Sampler):
@@ -313,7 +329,7 @@ class StreamBatches:
                     samples.append((*self.make_pair(record, (self.epoch, self.position)), record.id))
                 except (BadImage, ValueError, OSError) as err:
                     skipped.append((str(err).splitlines()[0][:120], record.id))
-            yield collate(samples, skipped)
+            yield self.make_pair.collate(samples, skipped)
 
 
 def count_skips(batch: dict[str, Any], counter: SkipCounter) -> None:
