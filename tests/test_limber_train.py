@@ -168,20 +168,47 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error(assets, tmp_path, m
 
 
 def test_projector_starts_at_the_word_embedding_scale(assets):
+    from vlbridge.training.projector_init import init_projector
+
     config = tiny_config(assets)
     model = projection.build_limber(config, torch.device("cpu"))
     data = projection.prepare_data(config, model, projection.DistEnv())
     default_weight = model.projector.proj.weight.detach().clone()
-    projection.init_projector(model, data, dataclasses.replace(config, projector_init="default"))
+    init_projector(model, data.features, data.caption_ids, dataclasses.replace(config, projector_init="default"))
     assert torch.equal(model.projector.proj.weight, default_weight)  # "default": nn.Linear's init kept
-    projection.init_projector(model, data, config)
+    init_projector(model, data.features, data.caption_ids, config)
     word_std = float(model.lm.model.get_input_embeddings().weight.std())
     with torch.no_grad():
         prefix = model.projector(data.features)  # (N, k, H)
     assert abs(float(prefix.std()) / word_std - 1) < 0.25
     assert torch.count_nonzero(model.projector.proj.bias) == 0
     again = projection.build_limber(config, torch.device("cpu"))
-    projection.init_projector(again, data, config)
+    init_projector(again, data.features, data.caption_ids, config)
     assert torch.equal(again.projector.proj.weight, model.projector.proj.weight)  # seeded
     with pytest.raises(UserError, match="projector_init must be one of"):
-        projection.init_projector(model, data, dataclasses.replace(config, projector_init="xavier"))
+        init_projector(model, data.features, data.caption_ids, dataclasses.replace(config, projector_init="xavier"))
+
+
+def test_caption_ridge_init_is_the_least_squares_map_to_caption_token_embeddings():
+    from types import SimpleNamespace
+
+    from vlbridge.models.projector import LinearProjector
+    from vlbridge.training.projector_init import caption_targets, init_projector
+
+    generator = torch.Generator().manual_seed(0)
+    words = torch.randn(20, 6, generator=generator)  # (V, H) word embeddings
+    caption_ids = [[[i % 20, (3 * i) % 20, 7]] for i in range(40)]
+    targets = caption_targets(caption_ids, words, k=2)  # (N, 12)
+    assert torch.equal(targets[1], torch.cat([words[1], words[3]]))
+    assert torch.equal(caption_targets([[[5]]], words, k=2)[0], torch.cat([words[5], words[5]]))  # last repeated
+    features = torch.randn(40, 5, generator=generator)  # (N, D)
+    embedding = torch.nn.Embedding.from_pretrained(words)
+    lm = SimpleNamespace(model=SimpleNamespace(get_input_embeddings=lambda: embedding))
+    model = SimpleNamespace(lm=lm, projector=LinearProjector(5, 6, num_prefix_tokens=2))
+    config = SimpleNamespace(projector_init="caption-ridge", ridge=1e-9, seed=0)
+    init_projector(model, features, caption_ids, config)
+    with torch.no_grad():
+        fitted = model.projector(features).reshape(40, -1)  # (N, k*H)
+    with_intercept = torch.cat([features, torch.ones(40, 1)], dim=1)  # (N, D+1)
+    best = with_intercept @ torch.linalg.lstsq(with_intercept.double(), targets.double()).solution.float()
+    assert torch.allclose(fitted, best, atol=1e-4)  # ordinary least squares with an intercept (ridge -> 0)

@@ -105,7 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ssl": {"steps": 6, "batch_size": 16, "n_images": 64},
         "clip_table": {"datasets": ["shapes", "fashion-mnist"], "shifts": ["sketch"],
                        "n_train": 104, "n_test": 52, "probe_c_steps": 2, "probe_max_iter": 50},
-        "limber": {"train": {"max_steps": 6, "batch_size": 8, "data": {"n": 64}},
+        "limber": {"train": {"max_steps": 6, "batch_size": 8, "data": {"n": 64}, "projector_init": "caption-ridge"},
                    "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&n=3"},
                    "vqa_queries": "shapes?split=test&n=2", "vqa_max_questions": 4,
                    "vqa_support": "shapes?split=train&n=8", "sample_images": 4},
@@ -113,9 +113,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {  # the embedded-default experiment: <= 15 minutes on 2 CPU cores
         # the CLIP is exactly `vlbridge train clip`'s default run (vl-tiny-rn, 512 x 180 steps)
         "clip_table": {"n_train": 600, "n_test": 400, "probe_c_steps": 5, "probe_max_iter": 200},
-        # the frozen LM dominates: ~3.3 s per step of 16 captions on 2 cores, so few, high-lr steps
-        "limber": {"train": {"max_steps": 24, "batch_size": 16, "data": {"n": 384},
-                             "optim": {"lr": 0.01, "warmup_steps": 3}},
+        # the frozen LM dominates (~3.3 s per step of 16 captions on 2 cores): the projector starts
+        # from the closed-form caption-ridge fit on 1024 images, then 16 gradient steps through the LM
+        "limber": {"train": {"max_steps": 16, "batch_size": 16, "data": {"n": 1024},
+                             "projector_init": "caption-ridge", "optim": {"lr": 1e-4, "warmup_steps": 2}},
                    "caption_sets": {"shapes": "shapes?split=test&n=60", "twemoji": "twemoji?split=test&n=24"},
                    "vqa_queries": "shapes?split=test&n=10", "vqa_max_questions": 30,
                    "vqa_support": "shapes?split=train&n=100"},

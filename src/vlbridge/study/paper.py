@@ -70,6 +70,7 @@ PAPER_PRESET: dict[str, Any] = {
             "lm_dtype": "bfloat16",  # as the paper's code loads GPT-J: 12 GB of weights instead of 24
             "num_prefix_tokens": 2,  # k for the pooled NF-ResNet50 (grid encoders give their N)
             "dropout": 0.1,  # image_embed_dropout_prob
+            "projector_init": "default",  # nn.Linear's init, as the paper's code (15k steps make up for it)
             "batch_size": 256,  # the configs' batch_size (global)
             "max_steps": 15000,  # train_steps
             "data": {"dataset": "wds:{paper.cc3m_shards}", "n": 0},  # all of CC3M

@@ -48,6 +48,7 @@ from vlbridge.errors import UserError
 from vlbridge.training import limber_data
 from vlbridge.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from vlbridge.training.distributed import DistEnv, autocast, barrier, init_distributed
+from vlbridge.training.projector_init import init_projector
 from vlbridge.training.metrics_log import RunLogger
 from vlbridge.training.optim import param_groups, warmup_cosine
 
@@ -97,7 +98,8 @@ class LimberTrainConfig:
     lm_dtype: str = "float32"  # LM weight dtype: float32 | bfloat16 | float16 (compute: bf16 autocast on GPU)
     num_prefix_tokens: int = 4  # k prefix vectors for pooled features (grid features give N)
     dropout: float = 0.0  # dropout on the image features before the projector
-    projector_init: str = "embedding-scale"  # "embedding-scale": prefixes start at the LM's word-embedding scale; "default": nn.Linear's
+    projector_init: str = "embedding-scale"  # embedding-scale | caption-ridge | default (see training/projector_init.py)
+    ridge: float = 1e-2  # caption-ridge: L2 strength, relative to the mean feature variance
     prompt: str = "A picture of"  # captioning prompt stored with the model (not used in training)
     tune_encoder: bool = False  # also train the encoder, on pixels every step (no feature cache)
     batch_size: int = 16  # global batch (all processes together)
@@ -197,32 +199,6 @@ def default_feature_cache() -> Path:
 
 
 # ---------------------------------------------------------------------------- data
-
-
-PROJECTOR_INITS = ("embedding-scale", "default")
-
-
-def init_projector(model, data: TrainingData, config: LimberTrainConfig) -> None:
-    """Seeded re-init of the projector so its first prefixes have the scale of word embeddings.
-
-    nn.Linear's default init ignores the size of the image features (CLIP embeddings have norms
-    around 15-20): its first prefix vectors are then ~10x longer than the LM's word embeddings and
-    training spends its first steps shrinking them. Here W ~ N(0, s^2), b = 0, with
-    s = std(word embeddings) / mean ||x|| over the training features, so each prefix element
-    starts with about the word embeddings' standard deviation. A resumed run overwrites this
-    with its checkpoint. Tuned encoders (no cached features) keep the default init.
-    """
-    if config.projector_init not in PROJECTOR_INITS:
-        raise UserError(f"projector_init must be one of {', '.join(PROJECTOR_INITS)}, got {config.projector_init!r}")
-    if config.projector_init == "default" or data.features is None:
-        return
-    word_std = float(model.lm.model.get_input_embeddings().weight.float().std())
-    mean_norm = float(data.features.float().norm(dim=-1).mean().clamp_min(1e-6))  # over (N[, T]) feature vectors
-    generator = torch.Generator().manual_seed(config.seed)
-    weight = model.projector.proj.weight
-    with torch.no_grad():
-        weight.copy_(torch.randn(weight.shape, generator=generator) * (word_std / mean_norm))
-        model.projector.proj.bias.zero_()
 
 
 @dataclass
@@ -426,7 +402,7 @@ def setup_run(config: LimberTrainConfig, run_dir: Path, resume: str | None, env:
     """Build model, data, optimizer and schedule; restore them from a checkpoint when resuming."""
     model = build_limber(config, env.device)
     data = prepare_data(config, model, env)
-    init_projector(model, data, config)
+    init_projector(model, data.features, data.caption_ids, config)
     trainable = PrefixModule(model.projector, model.encoder if config.tune_encoder else None)
     model.projector.train(True)  # feature dropout (when configured) is on while training
     if model.encoder is not None:
