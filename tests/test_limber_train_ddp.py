@@ -25,6 +25,7 @@ def test_two_processes_equal_one_process(tmp_path):
         checkpoint_every=2,
         data=LimberDataConfig(n=12, image_size=32, feature_cache=str(tmp_path / "features")),
         optim=LimberOptimConfig(warmup_steps=1, lr=5e-3),
+        projector_init="default",  # the start build_limber gives, so "really moved" below compares with it
     )
     single = train_limber(config, tmp_path / "single")
     result_path = tmp_path / "ddp.pt"

@@ -112,13 +112,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "default": {  # the embedded-default experiment: <= 15 minutes on 2 CPU cores
         # the CLIP is exactly `vlbridge train clip`'s default run (vl-tiny-rn, 512 x 180 steps)
-        "clip_table": {"n_train": 600, "n_test": 400, "probe_c_steps": 5, "probe_max_iter": 200},
+        "ssl": {"steps": 75},
+        "clip_table": {"n_train": 300, "n_test": 300, "probe_c_steps": 4, "probe_max_iter": 200},
         # the frozen LM dominates (~3.3 s per step of 16 captions on 2 cores): the projector starts
-        # from the closed-form caption-ridge fit on 1024 images, then 16 gradient steps through the LM
-        "limber": {"train": {"max_steps": 16, "batch_size": 16, "data": {"n": 1024},
+        # from the closed-form caption-ridge fit on 768 images, then 8 gradient steps through the LM
+        "limber": {"train": {"max_steps": 8, "batch_size": 16, "data": {"n": 768},
                              "projector_init": "caption-ridge", "optim": {"lr": 1e-4, "warmup_steps": 2}},
-                   "caption_sets": {"shapes": "shapes?split=test&n=60", "twemoji": "twemoji?split=test&n=24"},
-                   "vqa_queries": "shapes?split=test&n=10", "vqa_max_questions": 30,
+                   "caption_sets": {"shapes": "shapes?split=test&n=48", "twemoji": "twemoji?split=test&n=16"},
+                   "vqa_queries": "shapes?split=test&n=8", "vqa_max_questions": 20,
                    "vqa_support": "shapes?split=train&n=100"},
     },
 }
