@@ -62,6 +62,7 @@ def test_presets_and_overrides():
 def test_report_writes_tables_plots_and_json(tmp_path):
     results = {
         "clip": {"zero_shot": {"shapes": {"top1": 0.9, "top5": 1.0, "mean_per_class_recall": 0.85}},
+                 "templates": {"shapes": "shapes"},
                  "linear_probe": {"shapes": {"top1": 0.95, "by_features": {"clip": 0.95, "supervised": 0.7}}},
                  "robustness": {"sketch": {"zero_shot": 0.5, "zero_shot_drop": 0.4, "probe": 0.6, "probe_drop": 0.35}}},
         "captioning": {"clip": {"CIDEr-D": 1.2, "CLIP-S": 0.7, "RefCLIP-S": 0.8, "by_domain": {"in": {"CIDEr-D": 1.3}}}},
@@ -74,7 +75,7 @@ def test_report_writes_tables_plots_and_json(tmp_path):
     paths = write_report(results, tmp_path, extras)
     assert json.loads(paths["results"].read_text()) == results
     markdown = paths["markdown"].read_text()
-    assert "| shapes | 90.0 | 100.0 | 85.0 | 95.0 | 70.0 |" in markdown
+    assert "| shapes | shapes | 90.0 | 100.0 | 85.0 | 95.0 | 70.0 |" in markdown
     assert "| clip | 30.0 | 60.0 |" in markdown and "| blind | 20.0 | 30.0 |" in markdown
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 7
