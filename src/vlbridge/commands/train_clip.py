@@ -20,7 +20,7 @@ from vlbridge.errors import UserError
 GROUP = "train"
 
 DESCRIPTION = """\
-Train a CLIP (open_clip architecture, default the tiny vl-tiny-vit) with the symmetric
+Train a CLIP (open_clip architecture, default the tiny vl-tiny-rn) with the symmetric
 contrastive loss, or a LiT model (model.lit=true: frozen all-MiniLM-L6-v2 text side).
 
 Data (data.source): "embedded" = shapes world (train split) + Twemoji + openclipart, or any
