@@ -13,7 +13,6 @@ import json
 import logging
 from pathlib import Path
 
-
 from vlbridge.errors import UserError
 from vlbridge.evaluation.features_io import DATASET_HELP, LabelledImages, embed_records, load_captioned, load_classification
 from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter, open_image
+from vlbridge.data.records import MAX_IMAGE_PIXELS, BadImage, ImageTextRecord, SkipCounter, open_image
 from vlbridge.errors import AssetMissingError, UserError
 from vlbridge.training.clip_augment import FastCropNormalize
 
@@ -57,7 +57,7 @@ class ClipDataConfig:
     aug_scale_min: float = 0.9  # RandomResizedCrop keeps at least this fraction of the area (1.0: no crop)
     workers: int = 1  # DataLoader worker processes (0: load in the training process; 1 overlaps loading with the step: ~1.12x on 2 cores)
     cache_side: int = 128  # decoded file images are kept in memory, shortest side shrunk to this
-    max_image_pixels: int = 25_000_000  # larger images are skipped (openclipart has 168-megapixel PNGs: seconds each)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are skipped (openclipart has 168-megapixel PNGs: seconds each)
     shuffle_buffer: int = 2000  # shuffle buffer of streamed sources
 
 
@@ -142,7 +142,7 @@ class PairMaker:
     `PairMaker.collate`; other transforms give normalised float pixels directly.
     """
 
-    def __init__(self, transform: Callable, tokenizer: Callable, seed: int, cache_side: int, max_pixels: int = 25_000_000):
+    def __init__(self, transform: Callable, tokenizer: Callable, seed: int, cache_side: int, max_pixels: int = MAX_IMAGE_PIXELS):
         self.transform = transform  # open_clip training transform
         self.fast_transform = FastCropNormalize.from_transform(transform)  # the same ops, ~8x cheaper (None: not that shape)
         self.tokenizer = tokenizer  # texts -> (B, L) ids

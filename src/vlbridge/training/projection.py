@@ -48,9 +48,9 @@ from vlbridge.errors import UserError
 from vlbridge.training import limber_data
 from vlbridge.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from vlbridge.training.distributed import DistEnv, autocast, barrier, init_distributed
-from vlbridge.training.projector_init import init_projector
 from vlbridge.training.metrics_log import RunLogger
 from vlbridge.training.optim import param_groups, warmup_cosine
+from vlbridge.training.projector_init import init_projector
 
 log = logging.getLogger(__name__)
 
