@@ -130,6 +130,16 @@ def test_vqa_zero_shot_prompt_is_image_then_question(checkpoint, model, shapes_d
     assert capsys.readouterr().out == expected + "\n"
 
 
+def test_vqa_template_words_the_question(checkpoint, model, shapes_dir, capsys):
+    image = sorted((shapes_dir / "images").glob("*.png"))[0]
+    argv = ["vqa", str(image), "--question", "what colour is the circle?", "--model", str(checkpoint)]
+    assert main([*argv, "--template", "Question: {question} Answer:"]) == 0
+    expected = answer_of(model, [open_image(image), "Question: what colour is the circle? Answer:"])
+    assert capsys.readouterr().out == expected + "\n"
+    assert main([*argv, "--template", "Question: Answer:"]) == 2
+    assert "exactly one {question}" in capsys.readouterr().err
+
+
 def test_vqa_few_shot_uses_seeded_solved_examples_from_the_support_file(checkpoint, model, shapes_dir, capsys):
     from vlbridge.data.records import VQARecord
     from vlbridge.evaluation.vqa import choose_shots, majority_answer

@@ -91,6 +91,24 @@ def test_prompt_layout_is_exact():
     assert vqa.build_prompt(query, []) == [ImageSegment("imgQ"), TextSegment("Q: what shape is the red object? A:")]
 
 
+def test_template_words_the_query_and_every_solved_example():
+    query = record("q", "imgQ", question="what shape is the red object?")
+    shot = record("a", "imgA", question="how many shapes are there?", answers=["2"] * 10)
+    prompt = vqa.build_prompt(query, [shot], template=vqa.FROZEN_TEMPLATE)
+    assert prompt == [
+        ImageSegment("imgA"),
+        TextSegment("Question: how many shapes are there? Answer: 2\n"),
+        ImageSegment("imgQ"),
+        TextSegment("Question: what shape is the red object? Answer:"),
+    ]
+
+
+@pytest.mark.parametrize("template", ["Q: A:", "{question} {question}", "Q: {question} {answer}", "Q: {question} }"])
+def test_a_template_without_exactly_one_question_field_is_a_user_error(template):
+    with pytest.raises(UserError, match="exactly one"):
+        vqa.build_prompt(record("q", "imgQ"), [], template=template)
+
+
 def test_blind_prompt_has_the_same_text_and_no_image():
     query = record("q", "imgQ")
     shots = vqa.choose_shots(query, SUPPORT, 4, seed=0)
@@ -189,6 +207,11 @@ def test_evaluate_vqa_takes_first_lines_and_scores_officially(tiny_model, monkey
     assert [s["question_id"] for s in result["samples"]["2"]] == ["q1"] and result["0"] == 1.0
     # (a shot showing img0 would have raised "no cached features for image 'img0'")
     assert len(seen_prompts) == 2 and all(len(p) == 6 for p in seen_prompts[1:])
+    # the config's template words every prompt
+    seen_prompts.clear()
+    vqa.evaluate_vqa(tiny_model, queries, SUPPORT, dataclasses_replace(config, template=vqa.FROZEN_TEMPLATE), features=features)
+    assert seen_prompts[0] == [features["imgQ1"], "Question: what colour is it? Answer:"]
+    assert seen_prompts[1][1].startswith("Question: ") and " Answer: " in seen_prompts[1][1]
 
 
 def test_evaluate_vqa_runs_real_generation_blind_and_seeing(tiny_model):

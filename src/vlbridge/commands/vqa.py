@@ -9,7 +9,9 @@ per line) drawn, seeded by --seed, from the support file: a vqa.jsonl as written
 `vlbridge data shapes` (question_id, image_id, image, question, answers, answer_type; the
 images under images/ beside it). The prompt layout and shot choice are those of the VQA
 evaluation (`vlbridge.evaluation.vqa`). --blind drops every image from the prompt (the
-no-image baseline). Prints the answer: the first line of the generation, stripped.
+no-image baseline). --template changes the wording: "Question: {question} Answer:" is
+Frozen's (solved examples become "Question: q Answer: a"). Prints the answer: the first line
+of the generation, stripped.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def register(subparsers) -> None:
     parser.add_argument("--shots", type=int, default=0, metavar="N", help="solved examples before the question (default 0)")
     parser.add_argument("--support", metavar="FILE", help="vqa.jsonl to draw the solved examples from (needed with --shots)")
     parser.add_argument("--blind", action="store_true", help="drop all image tokens (no-image baseline)")
+    parser.add_argument("--template", default="Q: {question} A:", metavar="TEXT",
+                        help="query wording with one {question}; a solved example adds ' {answer}' "
+                             "(default 'Q: {question} A:'; Frozen's: 'Question: {question} Answer:')")
     add_generation_options(parser, max_new_tokens=10)
     parser.set_defaults(func=run)
 
@@ -80,12 +85,13 @@ def read_support(path: str | Path) -> list[VQARecord]:
 
 
 def run(args) -> int:
-    from vlbridge.evaluation.vqa import answer_prompts, build_prompt, choose_shots
+    from vlbridge.evaluation.vqa import answer_prompts, build_prompt, check_template, choose_shots
 
     if args.shots < 0:
         raise BadInputError(f"--shots must be >= 0, got {args.shots}")
     if args.shots and not args.support:
         raise BadInputError(f"--shots {args.shots} needs --support FILE (a vqa.jsonl with solved examples)")
+    check_template(args.template)
     config = generation_config(args)
     support = read_support(args.support) if args.shots else []
     image = None if args.blind else read_images([args.image])[0]
@@ -99,6 +105,6 @@ def run(args) -> int:
     if not args.blind and model.encoder is None:
         raise BadInputError(f"checkpoint {args.model} names no image encoder; use --blind or a checkpoint with one")
     model.eval()
-    prompt = build_prompt(query, shots, blind=args.blind)
+    prompt = build_prompt(query, shots, blind=args.blind, template=args.template)
     print(answer_prompts(model, [prompt], config, batch_size=1)[0])
     return 0

@@ -7,7 +7,10 @@ them into `inputs_embeds` and generates; this module decides what goes into them
 
 Choices (LiMBeR / MAGMA style, fixed so every encoder is compared on identical prompts):
 - Shot layout: `<image> "Q: {question} A: {answer}\n"` per solved example, then the query
-  `<image> "Q: {question} A:"`. `SHOT_SEPARATOR` ("\n") ends every solved example: the
+  `<image> "Q: {question} A:"` (LiMBeR / MAGMA). The query text is a template
+  (`VQAEvalConfig.template`, default `QUESTION_TEMPLATE`); a solved example is the same
+  template followed by " {answer}" and the separator, so `"Question: {question} Answer:"`
+  (Frozen's wording) changes both. `SHOT_SEPARATOR` ("\n") ends every solved example: the
   model sees that an answer ends at a line break, and generation stops at the first
   newline (answers are the first line of the output anyway). No separator sits between an
   image and its text.
@@ -57,8 +60,21 @@ log = logging.getLogger(__name__)
 
 SHOT_COUNTS = (0, 1, 2, 4)  # the few-shot settings of the LiMBeR paper
 SHOT_SEPARATOR = "\n"  # ends every solved example (see module docstring)
-QUESTION_TEMPLATE = "Q: {question} A:"  # the query text after its image
-SHOT_TEMPLATE = "Q: {question} A: {answer}" + SHOT_SEPARATOR  # one solved example's text
+QUESTION_TEMPLATE = "Q: {question} A:"  # the query text after its image (LiMBeR / MAGMA)
+FROZEN_TEMPLATE = "Question: {question} Answer:"  # Frozen's wording (the embedded study's choice)
+
+
+def check_template(template: str) -> str:
+    """`template` if it holds "{question}" exactly once and no other field; else a UserError."""
+    rest = template.replace("{question}", "", 1)
+    if "{question}" not in template or "{" in rest or "}" in rest:
+        raise UserError(f"a VQA template needs exactly one {{question}} and no other braces, got {template!r}")
+    return template
+
+
+def shot_text(template: str, question: str, answer: str) -> str:
+    """One solved example's text: the query template, " {answer}", then SHOT_SEPARATOR."""
+    return template.format(question=question) + f" {answer}" + SHOT_SEPARATOR
 
 
 @dataclass(frozen=True)
@@ -133,16 +149,18 @@ def build_prompt(
     shots: Sequence[VQARecord],
     features: dict[str, torch.Tensor] | None = None,
     blind: bool = False,
+    template: str = QUESTION_TEMPLATE,
 ) -> VQAPrompt:
-    """[<img> "Q: q A: a\\n"]* <img> "Q: q A:"; `blind` drops every image segment."""
+    """[<img> "Q: q A: a\\n"]* <img> "Q: q A:" (in `template`'s words); `blind` drops every image segment."""
+    check_template(template)
     segments: VQAPrompt = []
     for shot in shots:
         if not blind:
             segments.append(image_segment(shot, features))
-        segments.append(TextSegment(SHOT_TEMPLATE.format(question=shot.question.strip(), answer=majority_answer(shot.answers))))
+        segments.append(TextSegment(shot_text(template, shot.question.strip(), majority_answer(shot.answers))))
     if not blind:
         segments.append(image_segment(query, features))
-    segments.append(TextSegment(QUESTION_TEMPLATE.format(question=query.question.strip())))
+    segments.append(TextSegment(template.format(question=query.question.strip())))
     return segments
 
 
@@ -154,6 +172,7 @@ class VQAEvalConfig:
     seed: int = 0  # seeds the per-question shot choice
     blind: bool = False  # True: the no-image baseline (same prompts, no image segments)
     batch_size: int = 16  # prompts generated together
+    template: str = QUESTION_TEMPLATE  # query text; a shot is this + " {answer}\n" (FROZEN_TEMPLATE: "Question: ... Answer:")
 
 
 def model_segments(prompt: VQAPrompt) -> list:
@@ -220,7 +239,8 @@ def evaluate_vqa(
         raise UserError("no VQA questions to evaluate")
     result: dict = {"by_answer_type": {}, "samples": {}}
     for n_shots in config.shots:
-        prompts = [build_prompt(q, choose_shots(q, support, n_shots, config.seed), features, config.blind) for q in queries]
+        prompts = [build_prompt(q, choose_shots(q, support, n_shots, config.seed), features, config.blind, config.template)
+                   for q in queries]
         predictions = sharded_answers(model, prompts, generation, config.batch_size, f"vqa {n_shots}-shot", env)
         scores = score_answers(queries, predictions)
         by_type = scores.get("by_answer_type", {})
