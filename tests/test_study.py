@@ -67,7 +67,7 @@ def test_report_writes_tables_plots_and_json(tmp_path):
                  "robustness": {"sketch": {"zero_shot": 0.5, "zero_shot_drop": 0.4, "probe": 0.6, "probe_drop": 0.35}}},
         "captioning": {"clip": {"CIDEr-D": 1.2, "CLIP-S": 0.7, "RefCLIP-S": 0.8, "by_domain": {"in": {"CIDEr-D": 1.3}}}},
         "vqa": {"clip": {"0": 0.3, "4": 0.6}, "blind": {"0": 0.2, "4": 0.3}},
-        "timing_s": {"clip": 1.0}, "config": {"preset": "quick"},
+        "timing_s": {"clip": 1.0}, "config": {"preset": "quick", "limber": {"vqa_template": "Question: {question} Answer:"}},
     }
     extras = ReportExtras(clip_curve=[(1, 2.0), (2, 1.0)], limber_curves={"clip": [(1, 3.0), (2, 2.0)]},
                           sample_images=[Image.new("RGB", (32, 32), "red")], sample_captions=[{"clip": "a red square"}],
@@ -77,6 +77,7 @@ def test_report_writes_tables_plots_and_json(tmp_path):
     markdown = paths["markdown"].read_text()
     assert "| shapes | shapes | 90.0 | 100.0 | 85.0 | 95.0 | 70.0 |" in markdown
     assert "| clip | 30.0 | 60.0 |" in markdown and "| blind | 20.0 | 30.0 |" in markdown
+    assert 'worded "Question: {question} Answer:"' in markdown
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 7
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
@@ -114,6 +115,8 @@ def test_quick_study_end_to_end_then_fully_cached(tmp_path, capsys):
         for value in by_shot.values():
             _check_fraction(value)
     assert results["config"]["preset"] == "quick"
+    assert results["config"]["limber"]["vqa_template"] == "Question: {question} Answer:"
+    assert results["config"]["limber"]["train"]["num_prefix_tokens"] == 8
     assert "projector/clip" in results["timing_s"]
     assert (out / "report.md").read_text().startswith("# vlbridge study report (quick preset)")
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 6

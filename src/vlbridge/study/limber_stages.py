@@ -87,7 +87,8 @@ def build_limber_eval(config: StudyConfig, projector_dir: Path, store: FeatureSt
     queries, support = vqa_sets(config)
     name = fill_spec(f"{config.limber.vqa_queries}+{config.limber.vqa_support}", config, None, None)
     features = store.get_or_extract(model.encoder, name, "vqa", list(queries) + list(support))  # keyed by image id
-    vqa_config = VQAEvalConfig(shots=tuple(config.limber.shots), seed=config.seed, batch_size=config.limber.batch_size)
+    vqa_config = VQAEvalConfig(shots=tuple(config.limber.shots), seed=config.seed, batch_size=config.limber.batch_size,
+                               template=config.limber.vqa_template)
     result["vqa"] = evaluate_vqa(model, queries, support, vqa_config, features=features)
     (folder / "eval.json").write_text(json.dumps(result, indent=2))
 
@@ -99,6 +100,6 @@ def build_blind(config: StudyConfig, projector_dir: Path, folder: Path) -> None:
     model = load_trained_limber(projector_dir, device=resolve_device(config.device))
     queries, support = vqa_sets(config)
     vqa_config = VQAEvalConfig(shots=tuple(config.limber.shots), seed=config.seed, blind=True,
-                               batch_size=config.limber.batch_size)
+                               batch_size=config.limber.batch_size, template=config.limber.vqa_template)
     result = evaluate_vqa(model, queries, support, vqa_config)
     (folder / "eval.json").write_text(json.dumps({"vqa": result}, indent=2))

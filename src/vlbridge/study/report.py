@@ -150,8 +150,10 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]
                     "(NoCaps convention). CLIP-S/RefCLIP-S use the scorer named in results.json."))
     if results.get("vqa"):
         header, rows = vqa_rows(results["vqa"])
+        template = results.get("config", {}).get("limber", {}).get("vqa_template")
+        wording = f" Each shot and the question are worded \"{template}\"." if template else ""
         out.append(("LiMBeR: few-shot VQA accuracy (%)", header, rows,
-                    "Official VQA accuracy; 'blind' runs the same prompts with no image tokens."))
+                    "Official VQA accuracy; 'blind' runs the same prompts with no image tokens." + wording))
     if results.get("timing_s"):
         rows = [[stage, f"{seconds:.1f}"] for stage, seconds in results["timing_s"].items()]
         out.append(("Time per stage (s)", ["stage", "seconds"], rows, ""))
