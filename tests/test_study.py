@@ -118,6 +118,9 @@ def test_quick_study_end_to_end_then_fully_cached(tmp_path, capsys):
     assert results["config"]["limber"]["vqa_template"] == "Question: {question} Answer:"
     assert results["config"]["limber"]["train"]["num_prefix_tokens"] == 8
     assert "projector/clip" in results["timing_s"]
+    (clip_stage,) = [d for d in (cache / "clip").iterdir() if not d.name.startswith(".")]
+    summary = json.loads((clip_stage / "summary.json").read_text())
+    assert summary["steps"] == 30 and "run_dir" not in summary  # no temporary path left behind
     assert (out / "report.md").read_text().startswith("# vlbridge study report (quick preset)")
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 6
     capsys.readouterr()

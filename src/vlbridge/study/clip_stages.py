@@ -31,8 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def build_clip(config: StudyConfig, folder: Path) -> None:
-    """Train the study's CLIP into `folder` (load it back with load_clip(folder))."""
+    """Train the study's CLIP into `folder` (load it back with load_clip(folder)).
+
+    summary.json is train_clip's summary without its run_dir: `folder` is a temporary name that
+    the stage cache renames, and the stage folder holding summary.json is the run dir.
+    """
     summary = train_clip(replace(config.clip, seed=config.seed, device=config.device), folder)
+    summary.pop("run_dir", None)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
