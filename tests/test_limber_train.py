@@ -84,6 +84,42 @@ def test_step_loss_equals_the_hf_loss_of_the_model(assets):
     torch.testing.assert_close(loss_sum / count, model.loss(batch), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("accum", [2, 3])
+def test_gradient_accumulation_gives_the_unsplit_update(assets, tmp_path, accum, monkeypatch):
+    whole = train_limber(tiny_config(assets, max_steps=3), tmp_path / "whole")
+    sizes = []
+    real_micro_loss_sum = projection.micro_loss_sum
+
+    def counting(model, trainable, batch):
+        sizes.append(len(batch["input_ids"]))
+        return real_micro_loss_sum(model, trainable, batch)
+
+    monkeypatch.setattr(projection, "micro_loss_sum", counting)
+    split = train_limber(tiny_config(assets, max_steps=3, grad_accum_steps=accum), tmp_path / f"split{accum}")
+    assert sizes == {2: [2, 2], 3: [1, 2, 1]}[accum] * 3  # batch 4 in `accum` micro-batches, every step
+    for (step_a, loss_a), (step_b, loss_b) in zip(whole.losses, split.losses, strict=True):
+        assert step_a == step_b and loss_a == pytest.approx(loss_b, rel=1e-6)
+    for key, value in projector_state(whole.model).items():
+        torch.testing.assert_close(projector_state(split.model)[key], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(projector_state(whole.model)["proj.weight"],
+                           projector_state(projection.build_limber(tiny_config(assets), torch.device("cpu")))["proj.weight"])
+
+
+def test_split_batch_cuts_every_field_into_contiguous_non_empty_parts():
+    batch = {"input_ids": [[1], [2], [3], [4], [5]], "id": list("abcde"), "image_features": torch.arange(5.0)[:, None]}
+    parts = projection.split_batch(batch, 2)
+    assert [p["id"] for p in parts] == [["a", "b"], ["c", "d", "e"]]
+    assert torch.equal(torch.cat([p["image_features"] for p in parts]), batch["image_features"])
+    assert [p["input_ids"] for p in projection.split_batch(batch, 8)] == [[[1]], [[2]], [[3]], [[4]], [[5]]]
+    (whole,) = projection.split_batch(batch, 1)
+    assert whole["id"] == batch["id"] and torch.equal(whole["image_features"], batch["image_features"])
+
+
+def test_grad_accum_steps_below_one_is_a_user_error(assets, tmp_path):
+    with pytest.raises(UserError, match="grad_accum_steps must be >= 1"):
+        train_limber(tiny_config(assets, grad_accum_steps=0), tmp_path / "run")
+
+
 def test_interrupted_and_resumed_equals_uninterrupted(assets, tmp_path):
     config = tiny_config(assets, dropout=0.2)  # dropout: the RNG must be replayed too
     straight = train_limber(config, tmp_path / "straight")

@@ -1,4 +1,4 @@
-"""LiMBeR training under DDP: 2 CPU processes (gloo) == 1 process on the same global batch."""
+"""LiMBeR training under DDP: 2 CPU processes (gloo), with or without accumulation, == 1 process on the same global batch."""
 
 import pytest
 import torch
@@ -16,7 +16,8 @@ from vlbridge.training.projection import (
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_processes_equal_one_process(tmp_path, accum):
     config = LimberTrainConfig(
         encoder=make_tiny_encoder(tmp_path / "encoder") + ":32px",
         lm=str(make_tiny_lm(tmp_path / "lm")),
@@ -29,7 +30,8 @@ def test_two_processes_equal_one_process(tmp_path):
     )
     single = train_limber(config, tmp_path / "single")
     result_path = tmp_path / "ddp.pt"
-    args = (2, free_port(), to_dict(config), str(tmp_path / "ddp"), str(result_path))
+    ddp_config = to_dict(config) | {"grad_accum_steps": accum}  # 2 micro-batches per rank: DDP syncs once
+    args = (2, free_port(), ddp_config, str(tmp_path / "ddp"), str(result_path))
     mp.spawn(ddp_train_worker, args=args, nprocs=2, join=True)
     ddp = torch.load(result_path)
     assert [s for s, _ in ddp["losses"]] == [1, 2, 3, 4]

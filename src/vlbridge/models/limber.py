@@ -170,8 +170,7 @@ class Limber(nn.Module):
         batch_size, prefix_len, _ = prefix.shape
         if len(caption_ids) != batch_size:
             raise ValueError(f"got {len(caption_ids)} captions for a prefix batch of {batch_size}")
-        eos = self.lm.eos_token_id
-        targets = [list(ids) if list(ids[-1:]) == [eos] else [*ids, eos] for ids in caption_ids]
+        targets = self.caption_targets(caption_ids)
         text_len = max(len(ids) for ids in targets)
         tokens = torch.full((batch_size, text_len), self.lm.pad_token_id, dtype=torch.long)  # (B, T)
         text_mask = torch.zeros(batch_size, text_len, dtype=torch.long)  # (B, T)
@@ -185,6 +184,11 @@ class Limber(nn.Module):
         attention_mask = torch.cat([front_ones, text_mask], dim=1)  # (B, [1+]P+T)
         labels = torch.cat([torch.full_like(front_ones, -100), tokens.masked_fill(text_mask == 0, -100)], dim=1)
         return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "labels": labels}
+
+    def caption_targets(self, caption_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The tokens each caption is scored on: its ids with EOS appended (unless already last)."""
+        eos = self.lm.eos_token_id
+        return [list(ids) if list(ids[-1:]) == [eos] else [*ids, eos] for ids in caption_ids]
 
     def loss(self, batch: dict) -> torch.Tensor:
         """Mean LM cross-entropy over caption tokens + EOS of a batch (features/pixels + input_ids)."""

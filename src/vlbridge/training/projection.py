@@ -19,6 +19,10 @@ gradient clipping at 1.0, bf16 autocast on GPU and fp32 on CPU.
   takes its slice of the global batch. The loss is the token-mean over the *global* batch
   (each rank scales its token-sum by world_size / global token count before DDP averages the
   gradients), so W processes compute the same update as one process on the same batch.
+- `grad_accum_steps` = A splits each rank's slice into A micro-batches, each run forward and
+  backward in turn (DDP syncs only on the last), with every token-sum scaled by the same
+  global token count: the same update as one unsplit step, with 1/A of the activation memory
+  (dropout masks are drawn per micro-batch, so with dropout > 0 only their distribution matches).
 
 Run directory:
     config.yaml                resolved LimberTrainConfig
@@ -33,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 TUNED_ENCODER_FILE = "encoder.safetensors"  # tuned encoder weights inside model/
 RESUME_FREE_KEYS = (  # config keys that may change when a run is resumed (they do not change the result)
     "log_every", "checkpoint_every", "keep_last", "device", "data.feature_cache", "data.extract_batch_size",
+    "grad_accum_steps",
 )
 
 
@@ -103,6 +109,7 @@ class LimberTrainConfig:
     prompt: str = "A picture of"  # captioning prompt stored with the model (not used in training)
     tune_encoder: bool = False  # also train the encoder, on pixels every step (no feature cache)
     batch_size: int = 16  # global batch (all processes together)
+    grad_accum_steps: int = 1  # micro-batches per step on each process (same update, less memory)
     epochs: int = 3  # passes over the data (one caption sampled per image per epoch)
     max_steps: int = 0  # > 0: train exactly this many steps instead of `epochs`
     seed: int = 0  # projector init, data order, caption choice, dropout
@@ -268,23 +275,46 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 4099 + rank) % (2**63)
 
 
-def train_step(model, trainable: nn.Module, batch: dict, optimizer, scheduler, config: LimberTrainConfig, env: DistEnv) -> float:
-    """One optimizer step on this rank's part of the global batch; returns the global token-mean loss."""
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """`batch` cut into at most `parts` contiguous, non-empty micro-batches (sizes differ by <= 1)."""
+    size = len(batch["input_ids"])
+    bounds = [round(i * size / parts) for i in range(parts + 1)]
+    return [{key: value[start:end] for key, value in batch.items()}
+            for start, end in zip(bounds, bounds[1:]) if end > start]
+
+
+def micro_loss_sum(model, trainable: nn.Module, batch: dict) -> torch.Tensor:
+    """Sum of caption-token cross-entropies of one (micro-)batch (graph kept for backward)."""
     images = batch["image_features"] if "image_features" in batch else batch["pixel_values"]
-    with autocast(env.device):
+    with autocast(model.device):
         prefix = trainable(images)  # (b, P, H)
         inputs = model.training_inputs(prefix, batch["input_ids"])
         output = model.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"])
-    loss_sum, count = token_loss_sum(output.logits, inputs["labels"])
+    return token_loss_sum(output.logits, inputs["labels"])[0]
+
+
+def train_step(model, trainable: nn.Module, batch: dict, optimizer, scheduler, config: LimberTrainConfig, env: DistEnv) -> float:
+    """One optimizer step on this rank's part of the global batch; returns the global token-mean loss.
+
+    The rank's part runs as `config.grad_accum_steps` micro-batches (see the module docstring).
+    """
+    count = torch.tensor(sum(len(ids) for ids in model.caption_targets(batch["input_ids"])), device=env.device)
     global_count = all_reduce_sum(count, env).clamp_min(1)
-    (loss_sum * env.world_size / global_count).backward()  # DDP averages -> global token mean
+    micro_batches = split_batch(batch, config.grad_accum_steps)
+    loss_total = torch.zeros((), device=env.device)
+    for index, micro in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        with nullcontext() if last or not hasattr(trainable, "no_sync") else trainable.no_sync():
+            loss_sum = micro_loss_sum(model, trainable, micro)
+            (loss_sum * env.world_size / global_count).backward()  # DDP averages -> global token mean
+        loss_total += loss_sum.detach()
     params = [p for p in trainable.parameters() if p.requires_grad]
     if config.optim.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(all_reduce_sum(loss_sum, env) / global_count)
+    return float(all_reduce_sum(loss_total, env) / global_count)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -400,6 +430,8 @@ class TrainingRun:
 
 def setup_run(config: LimberTrainConfig, run_dir: Path, resume: str | None, env: DistEnv) -> TrainingRun:
     """Build model, data, optimizer and schedule; restore them from a checkpoint when resuming."""
+    if config.grad_accum_steps < 1:
+        raise UserError(f"grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
     model = build_limber(config, env.device)
     data = prepare_data(config, model, env)
     init_projector(model, data.features, data.caption_ids, config)
