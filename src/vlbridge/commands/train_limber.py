@@ -38,7 +38,9 @@ def register(subparsers) -> None:
     parser.add_argument("--tune-encoder", action="store_true", help="also train the image encoder (on pixels, no cache)")
     parser.add_argument("--steps", type=int, help="train exactly this many steps (overrides epochs)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=8e-4 batch_size=32")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. optim.lr=8e-4 batch_size=32; grad_accum_steps=4 runs each step "
+                             "as 4 micro-batches (same update, less memory)")
     parser.set_defaults(func=run)
 
 
