@@ -14,6 +14,7 @@ from typing import Any
 
 from vlbridge.config import from_dict, merge, parse_overrides, read_mapping, to_dict
 from vlbridge.errors import UserError
+from vlbridge.evaluation.vqa import FROZEN_TEMPLATE, QUESTION_TEMPLATE
 from vlbridge.training.contrastive import ClipTrainConfig
 from vlbridge.training.projection import LimberTrainConfig
 from vlbridge.training.self_supervised import SSLTrainConfig
@@ -56,7 +57,7 @@ class LimberStudyConfig:
     vqa_max_questions: int = 120  # cap on questions (seeded subset)
     vqa_support: str = "shapes?split=train&n=200"  # where the shots are drawn from
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # shot counts
-    vqa_template: str = "Q: {question} A:"  # VQA query text; a shot adds " {answer}\n" (LiMBeR's wording)
+    vqa_template: str = QUESTION_TEMPLATE  # VQA query text; a shot adds " {answer}\n" (LiMBeR's wording)
     clip_scorer: str = "{clip}"  # CLIP for CLIP-S / RefCLIP-S (load_clip spec; {clip} = the trained CLIP)
     batch_size: int = 32  # prompts / images generated together
     sample_images: int = 8  # images in the report's caption grid
@@ -111,7 +112,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&n=3"},
                    "vqa_queries": "shapes?split=test&n=2", "vqa_max_questions": 4,
                    "vqa_support": "shapes?split=train&n=8", "sample_images": 4,
-                   "vqa_template": "Question: {question} Answer:"},
+                   "vqa_template": FROZEN_TEMPLATE},
     },
     "default": {  # the embedded-default experiment: <= 15 minutes on 2 CPU cores
         # `vlbridge train clip`'s default recipe (vl-tiny-rn, batch 512), 160 of its 180 steps for time
@@ -127,7 +128,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "vqa_queries": "shapes?split=test&n=8", "vqa_max_questions": 20,
                    "vqa_support": "shapes?split=train&n=100",
                    # Frozen's wording: with SmolLM2-135M it reads the image better than "Q: A:" (docs/STUDY.md)
-                   "vqa_template": "Question: {question} Answer:"},
+                   "vqa_template": FROZEN_TEMPLATE},
     },
 }
 
