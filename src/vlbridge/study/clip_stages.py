@@ -74,8 +74,10 @@ def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str,
     encoders.setdefault("clip", build_encoder(f"clip:{clip_spec}", device=str(device)))
     probe_config = ProbeConfig(c_steps=table.probe_c_steps, max_iter=table.probe_max_iter, seed=config.seed)
     result: dict = {"zero_shot": {}, "linear_probe": {}, "robustness": {}, "scorer": bundle.name, "templates": {}}
+    templates_by_dataset = {}
     for dataset in table.datasets:
         result["templates"][dataset], templates = templates_for(table.templates, dataset)
+        templates_by_dataset[dataset] = templates
         train = load_classification(dataset, "train", table.n_train, config.seed)
         test = load_classification(dataset, "test", table.n_test, config.seed)
         clip_test = labelled_features(store, encoders["clip"], test, table.batch_size)
@@ -93,8 +95,8 @@ def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str,
                                            "by_features": probes}
         log.info("CLIP table %s: zero-shot %.3f, probes %s", dataset, zero_shot["top1"], probes)
     if "shapes" in table.datasets and table.shifts:
-        templates = templates_for(table.templates, "shapes")[1]
-        result["robustness"] = shapes_robustness(config, bundle, templates, encoders["clip"], store, probe_config)
+        result["robustness"] = shapes_robustness(config, bundle, templates_by_dataset["shapes"], encoders["clip"], store,
+                                                 probe_config)
     (folder / "table.json").write_text(json.dumps(result, indent=2))
 
 
