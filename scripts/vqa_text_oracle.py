@@ -9,8 +9,8 @@ The study's VQA prompts are asked three ways of the embedded frozen LM (SmolLM2-
   projector could at best hand the LM that caption's words;
 each under the LiMBeR wording "Q: {question} A:" and Frozen's "Question: {question} Answer:".
 Shots, seeds, decoding (greedy, 10 tokens, first line) and the official VQA accuracy are those
-of `vlbridge.evaluation.vqa`; questions are a seeded subset of the shapes-world test split as
-in the study (`limber.vqa_queries` / `vqa_max_questions`), shots come from its train split.
+of `vlbridge.evaluation.vqa`; questions and the shot pool are chosen by the study's own
+`vqa_sets` (a seeded subset of the shapes-world test split; shots from its train split).
 
 Prints accuracy per shot count and per answer type. The gap between the oracle and blind rows
 bounds what the image can add through this LM; the study's encoders sit between the two.
@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vlbridge.data.formats import load_image_text, load_vqa  # noqa: E402
+from vlbridge.data.formats import load_image_text  # noqa: E402
 from vlbridge.evaluation import vqa  # noqa: E402
+from vlbridge.models.generation import GenerationConfig  # noqa: E402
 from vlbridge.models.lm import FrozenLM, default_lm_path  # noqa: E402
+from vlbridge.study.config import StudyConfig  # noqa: E402
+from vlbridge.study.limber_stages import vqa_sets  # noqa: E402
 
 TEMPLATES = {"Q: A:": vqa.QUESTION_TEMPLATE, "Question: Answer:": vqa.FROZEN_TEMPLATE}
 
@@ -57,13 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def questions(args) -> tuple[list, list, dict[str, str]]:
-    """(queries, support, caption by image id) from the shapes world."""
-    queries = load_vqa(f"shapes?split=test&n={args.scenes}")
-    keep = np.random.default_rng(args.seed).permutation(len(queries))[: args.questions]
-    queries = [queries[i] for i in sorted(keep)]
-    support = load_vqa(f"shapes?split=train&n={args.support}")
+    """(queries, support, caption by image id): the study's own question subset and shot pool."""
+    specs = (f"shapes?split=test&n={args.scenes}", f"shapes?split=train&n={args.support}")
+    config = StudyConfig(seed=args.seed)
+    config.limber = replace(config.limber, vqa_queries=specs[0], vqa_max_questions=args.questions, vqa_support=specs[1])
+    queries, support = vqa_sets(config)
     captions = {}
-    for spec in (f"shapes?split=test&n={args.scenes}", f"shapes?split=train&n={args.support}"):
+    for spec in specs:
         captions.update({r.id: r.captions[min(args.caption, len(r.captions) - 1)] for r in load_image_text(spec)})
     return queries, support, captions
 
@@ -79,8 +82,6 @@ def accuracy(model, queries, support, captions, n_shots: int, template: str, mod
         prompt = vqa.build_prompt(query, vqa.choose_shots(query, support, n_shots, seed), blind=mode == "blind",
                                   template=template)
         prompts.append(oracle_prompt(prompt, captions) if mode == "oracle" else prompt)
-    from vlbridge.models.generation import GenerationConfig
-
     answers = vqa.answer_prompts(model, prompts, GenerationConfig(max_new_tokens=10), batch_size=32, show=False)
     return vqa.score_answers(queries, answers)
 
