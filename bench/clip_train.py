@@ -74,7 +74,7 @@ def step_flops(model, batch: tuple[torch.Tensor, torch.Tensor], device: str) -> 
     """FLOPs of one forward + backward of the CLIP loss on `batch` (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vlbridge.training.distributed import autocast
+    from vlbridge.runtime import autocast
     from vlbridge.training.loss import ClipLoss
 
     with FlopCounterMode(display=False) as counter:

@@ -34,7 +34,7 @@ from vlbridge.errors import AssetMissingError  # noqa: E402
 from vlbridge.models.generation import GenerationConfig, generate, stop_token_ids  # noqa: E402
 from vlbridge.models.limber import build_prompt_embeds  # noqa: E402
 from vlbridge.models.lm import FrozenLM, default_lm_path  # noqa: E402
-from vlbridge.training.distributed import resolve_device  # noqa: E402
+from vlbridge.runtime import resolve_device  # noqa: E402
 
 PREFIX_TOKENS = 4  # k soft-prompt vectors per image
 PROMPT = "A picture of"  # the captioning prompt after the prefix

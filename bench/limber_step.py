@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vlbridge.training import limber_data  # noqa: E402
-from vlbridge.training.distributed import DistEnv  # noqa: E402
+from vlbridge.runtime import DistEnv  # noqa: E402
 
 BATCH = 16  # images per step
 PREFIX_TOKENS = 4  # k
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     env = DistEnv(device=device)
     from vlbridge.data.shapes import image_text_records
-    from vlbridge.registry import build_encoder
+    from vlbridge.models.registry import build_encoder
 
     lm, lm_name = load_lm(device)
     encoder = build_encoder(args.encoder, device=str(device))

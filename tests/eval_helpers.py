@@ -3,7 +3,7 @@
 `tiny_clip_bundle()` builds a 1-layer ViT / 1-layer text-transformer open_clip CLIP
 (32 px images, 16-d embeddings) wrapped in a ClipBundle with open_clip's eval transform and
 BPE tokenizer. `save_tiny_run(dir)` writes the same model as a vlbridge CLIP run directory,
-which the CLI tests load back through the real `vlbridge.models.clip.load_clip`.
+which the CLI tests load back through the real `vlbridge.models.clip_loading.load_clip`.
 `single_thread` keeps torch and BLAS on one thread (the test machine's 2 cores are shared;
 OpenMP/OpenBLAS spinning under contention makes tiny ops ~50x slower).
 """

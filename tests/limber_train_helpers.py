@@ -5,7 +5,7 @@ through the real loaders (nothing is downloaded):
 - `make_tiny_lm(dir)`: a 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on a
   few shapes-world sentences, saved with `save_pretrained` (loads via `FrozenLM.from_pretrained`).
 - `make_tiny_encoder(dir)`: timm's `test_resnet` with random weights saved as safetensors; its
-  spec `timm:test_resnet@FILE` goes through `vlbridge.registry.build_encoder`.
+  spec `timm:test_resnet@FILE` goes through `vlbridge.models.registry.build_encoder`.
 - `tiny_records(n)`: shapes-world image-caption records at 32 px.
 - `one_cpu_thread`: autouse fixture (import it into a test module) running its tests on one thread.
 """
@@ -119,7 +119,7 @@ def ddp_train_worker(rank: int, world_size: int, port: int, config_dict: dict, o
     )
     torch.set_num_threads(1)
     from vlbridge.config import from_dict
-    from vlbridge.training.distributed import cleanup, init_distributed
+    from vlbridge.runtime import cleanup, init_distributed
     from vlbridge.training.projection import LimberTrainConfig, train_limber
 
     env = init_distributed("cpu")

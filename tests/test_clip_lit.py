@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from clip_fixtures import bert_dir, solid_images
 
 from vlbridge.errors import UserError
-from vlbridge.models.clip import load_clip
+from vlbridge.models.clip_loading import load_clip
 from vlbridge.models.lit import LockedTextCLIP, build_lit, create_lit, load_text_encoder, save_lit_run
 from vlbridge.training.loss import ClipLoss
 

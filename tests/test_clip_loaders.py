@@ -8,8 +8,9 @@ import torch
 from clip_fixtures import hf_clip_dir, solid_images
 
 from vlbridge.errors import UserError
-from vlbridge.models.clip import architecture_config, create_clip, list_architectures, load_clip, save_openclip_run
-from vlbridge.training.checkpoint import save_checkpoint
+from vlbridge.models.clip import architecture_config, create_clip, list_architectures, save_openclip_run
+from vlbridge.models.clip_loading import load_clip
+from vlbridge.checkpoint import save_checkpoint
 
 TEXTS = ["a red circle", "two shapes: a blue square and a star", "a picture of a grinning face"]
 TOL = 1e-5

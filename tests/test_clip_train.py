@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from vlbridge.cli import main
 from vlbridge.config import to_dict
-from vlbridge.models.clip import load_clip
+from vlbridge.models.clip_loading import load_clip
 from vlbridge.training.contrastive import ClipTrainConfig, train_clip
 
 FAST = ["model.arch=vl-micro-vit", "data.shapes_n=32", "data.shapes_image_size=32", "data.twemoji=false",

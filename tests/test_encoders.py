@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from vlbridge.errors import UserError
 from vlbridge.models.encoders import preprocess_identity
-from vlbridge.registry import EncoderSpec, build_encoder, parse_encoder_spec
+from vlbridge.models.registry import EncoderSpec, build_encoder, parse_encoder_spec
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vlbridge.errors import UserError
-from vlbridge.registry import build_encoder
+from vlbridge.models.registry import build_encoder
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlbridge.models.bundle import ClipBundle
 from vlbridge.models.encoders_clip import ClipImageEncoder
-from vlbridge.registry import build_encoder
+from vlbridge.models.registry import build_encoder
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +166,8 @@ def test_openclip_random_reinit_changes_every_matrix():
 
 
 def test_clip_specs_load_a_saved_run(tmp_path):
-    from vlbridge.models.clip import load_clip, save_openclip_run
+    from vlbridge.models.clip import save_openclip_run
+    from vlbridge.models.clip_loading import load_clip
 
     bundle = _tiny_openclip(RN_CFG)
     model_cfg = {"embed_dim": 24, "vision_cfg": RN_CFG, "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
@@ -188,7 +189,7 @@ def test_clip_specs_load_a_saved_run(tmp_path):
 def test_clip_specs_load_a_hf_clip_directory(tmp_path):
     from clip_fixtures import hf_clip_dir  # the CLIP loaders' tiny HF CLIPModel directory
 
-    from vlbridge.models.clip import load_clip
+    from vlbridge.models.clip_loading import load_clip
 
     folder = hf_clip_dir(tmp_path / "hf")
     bundle = load_clip(str(folder))

@@ -19,7 +19,7 @@ from vlbridge.evaluation.retrieval import retrieval_scores
 from vlbridge.evaluation.robustness import LabelledFeatures, evaluate_robustness
 from vlbridge.evaluation.templates import load_templates
 from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
-from vlbridge.models.clip import load_clip
+from vlbridge.models.clip_loading import load_clip
 
 
 @pytest.fixture(scope="module")

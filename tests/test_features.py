@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from vlbridge.cli import main
 from vlbridge.data.features import FeatureStore, encode_records
 from vlbridge.data.records import ImageTextRecord, VQARecord
-from vlbridge.registry import build_encoder
+from vlbridge.models.registry import build_encoder
 
 
 @pytest.fixture(autouse=True)

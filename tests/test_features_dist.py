@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from vlbridge.commands.extract import cache_dataset_name, load_image_records
 from vlbridge.data.features import FeatureStore
-from vlbridge.registry import build_encoder
+from vlbridge.models.registry import build_encoder
 
 
 def _free_port() -> int:

@@ -10,7 +10,8 @@ from transformers import TopPLogitsWarper
 
 from tiny_lm import ARCHITECTURES, save_tiny_lm
 from vlbridge.errors import UserError
-from vlbridge.models.generation import GenerationConfig, generate, nucleus_filter, prompt_positions, stop_token_ids
+from vlbridge.models.generation import GenerationConfig, generate, nucleus_filter, stop_token_ids
+from vlbridge.models.padding import prompt_positions
 from vlbridge.models.lm import FrozenLM
 
 BEAM_SETTINGS = [  # (num_beams, length_penalty, early_stopping)

@@ -151,7 +151,7 @@ def test_gradients_reach_only_the_projector_and_training_leaves_the_lm_unchanged
 
 
 def test_pixels_go_through_the_encoder(lm_dirs, encoder_spec):
-    from vlbridge.registry import build_encoder
+    from vlbridge.models.registry import build_encoder
 
     model = Limber.build(LimberConfig(encoder=encoder_spec, lm=str(lm_dirs["gpt2"]), num_prefix_tokens=3))
     encoder = build_encoder(encoder_spec)

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from vlbridge.cli import main
 from vlbridge.errors import UserError
 from vlbridge.models.encoders import module_fingerprint
+from vlbridge.models.limber import TUNED_ENCODER_FILE, load_trained_limber
 from vlbridge.models.lm import FrozenLM
-from vlbridge.registry import build_encoder
+from vlbridge.models.registry import build_encoder
 from vlbridge.training import projection
 from vlbridge.training.projection import LimberDataConfig, LimberOptimConfig, LimberTrainConfig, train_limber
 
@@ -64,14 +65,14 @@ def test_only_the_projector_trains(assets, tmp_path):
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "latest").is_file()
     saved = load_file(str(run / "model" / "projector.safetensors"))
     assert all(torch.equal(saved[k], trained[k]) for k in trained)
-    reloaded = projection.load_trained_limber(run)
+    reloaded = load_trained_limber(run)
     assert all(torch.equal(v, trained[k]) for k, v in projector_state(reloaded).items())
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 7 and rows[0] == "step,loss,lr"
     lrs = [float(row.split(",")[2]) for row in rows[1:]]
     assert lrs[:2] == pytest.approx([4e-4, 8e-4])  # linear warmup over 2 steps, then cosine decay
     assert lrs[2] == lrs[1] and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
-    assert projection.load_trained_limber(run).config.lm == assets["lm"]
+    assert load_trained_limber(run).config.lm == assets["lm"]
 
 
 def test_step_loss_equals_the_hf_loss_of_the_model(assets):
@@ -158,9 +159,9 @@ def test_tuned_encoder_changes_and_is_saved(assets, tmp_path):
     changed = [k for k, v in before.state_dict().items() if not torch.equal(v, tuned.state_dict()[k].cpu())]
     assert changed and any("weight" in k for k in changed)
     assert result.model.lm.parameter_hash() == FrozenLM.from_pretrained(assets["lm"]).parameter_hash()
-    saved = tmp_path / "run" / "model" / projection.TUNED_ENCODER_FILE
+    saved = tmp_path / "run" / "model" / TUNED_ENCODER_FILE
     assert saved.is_file()
-    reloaded = projection.load_trained_limber(tmp_path / "run")
+    reloaded = load_trained_limber(tmp_path / "run")
     for key, value in tuned.state_dict().items():
         assert torch.equal(reloaded.encoder.state_dict()[key], value)
     from vlbridge.commands.caption import load_model  # what `vlbridge caption` / `vlbridge vqa` load

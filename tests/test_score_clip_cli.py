@@ -8,7 +8,8 @@ import pytest
 from vlbridge.cli import main
 from vlbridge.data import shapes
 from vlbridge.evaluation.metrics.clip_score import clip_s_from_embeddings
-from vlbridge.models.clip import architecture_config, load_clip, model_from_config, save_openclip_run
+from vlbridge.models.clip import architecture_config, model_from_config, save_openclip_run
+from vlbridge.models.clip_loading import load_clip
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from vlbridge.cli import main
 from vlbridge.config import from_dict
 from vlbridge.errors import UserError
 from vlbridge.models.ssl import SSLModelConfig, load_backbone, nt_xent_loss, read_config
-from vlbridge.registry import build_encoder
+from vlbridge.models.registry import build_encoder
 from vlbridge.training.self_supervised import SSLTrainConfig, train_ssl
 
 

@@ -17,8 +17,9 @@ import yaml
 from vlbridge.cli import main
 from vlbridge.config import merge
 from vlbridge.errors import UserError
-from vlbridge.study import paper, standins
-from vlbridge.study.config import PRESETS, PaperPaths, StudyConfig, apply_preset, load_study_config
+from vlbridge.study import paper, presets, standins
+from vlbridge.study.config import PaperPaths, StudyConfig, apply_preset, load_study_config
+from vlbridge.study.presets import PRESETS
 
 USED_PATHS = {  # every PaperPaths field the recipe reads (coco_annotations is not: Karpathy has the captions)
     "cc3m_shards", "coco_karpathy", "coco_images", "nocaps_json", "nocaps_images", "vqav2_questions",
@@ -48,7 +49,7 @@ def test_paper_preset_is_the_limber_recipe():
     assert optim.min_lr_ratio == pytest.approx(1 - 15000 / 300000)  # the code's linear decay, at step 15k
     assert list(config.limber.caption_sets) == ["coco", "nocaps"]  # only these, COCO first (the headline)
     assert config.limber.caption_sets["coco"] == "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test"
-    assert config.limber.vqa_queries == config.limber.vqa_support == paper.VQAV2
+    assert config.limber.vqa_queries == config.limber.vqa_support == presets.VQAV2
     assert config.limber.clip_scorer == "{paper.clip_scorer}"
     assert config.limber.shots == [0, 1, 2, 4]
 
@@ -208,8 +209,8 @@ def test_standin_data_reads_back_through_the_real_readers(standin_paths):
 
 
 def test_standin_clips_load_as_openai_files_and_match_their_archives(standin_paths):
-    from vlbridge.models.clip import load_clip
-    from vlbridge.registry import build_encoder
+    from vlbridge.models.clip_loading import load_clip
+    from vlbridge.models.registry import build_encoder
 
     images = torch.rand(2, 3, 96, 96)  # (B, 3, H, W)
     for path, side in ((standin_paths.clip_rn50x16, 96), (standin_paths.clip_scorer, 64)):
@@ -228,7 +229,7 @@ def test_standin_clips_load_as_openai_files_and_match_their_archives(standin_pat
 
 def test_standin_beit_nfresnet_and_gptj_load_through_the_registry_and_lm(standin_paths):
     from vlbridge.models.lm import FrozenLM
-    from vlbridge.registry import build_encoder
+    from vlbridge.models.registry import build_encoder
 
     beit = build_encoder(f"hf:{standin_paths.beit_large}:grid")
     nf = build_encoder(f"timm:nf_resnet50@{standin_paths.nf_resnet50}:64px")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vlbridge.errors import UserError
-from vlbridge.training.checkpoint import find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
-from vlbridge.training.distributed import DistEnv, all_reduce_mean, autocast, gather_objects, init_distributed
+from vlbridge.checkpoint import find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from vlbridge.runtime import DistEnv, all_reduce_mean, autocast, gather_objects, init_distributed
 from vlbridge.training.optim import param_groups, warmup_cosine
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from vlbridge.errors import UserError
+from vlbridge.io import atomic_write_text
 
 T = TypeVar("T")
 
@@ -91,11 +92,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:

@@ -17,3 +17,9 @@ class AssetMissingError(UserError):
 
 class BadInputError(UserError):
     """A file given on the command line is unreadable or has the wrong format."""
+
+
+def one_line(err: BaseException, limit: int = 160) -> str:
+    """`err`'s message on one line (whitespace runs folded), cut to `limit` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

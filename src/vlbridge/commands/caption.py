@@ -59,8 +59,8 @@ def generation_config(args):
 
 def load_model(args, with_encoder: bool = True):
     """The checkpoint named by --model on the --device (a run dir or its model/; tuned encoder weights included)."""
-    from vlbridge.training.distributed import resolve_device
-    from vlbridge.training.projection import load_trained_limber
+    from vlbridge.runtime import resolve_device
+    from vlbridge.models.limber import load_trained_limber
 
     return load_trained_limber(args.model, device=resolve_device(args.device), with_encoder=with_encoder)
 

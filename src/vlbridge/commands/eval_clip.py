@@ -1,6 +1,6 @@
 """`vlbridge eval zeroshot|probe|retrieval|robustness`: evaluate a CLIP on a dataset.
 
-Each sub-command loads the CLIP named by --model through `vlbridge.models.clip.load_clip`
+Each sub-command loads the CLIP named by --model through `vlbridge.models.clip_loading.load_clip`
 (imported lazily), resolves --dataset through `vlbridge.evaluation.features_io`, embeds the
 images once, runs the pure evaluation functions of `vlbridge.evaluation`, prints a short
 table and, with --out, writes every number as JSON.
@@ -14,13 +14,14 @@ import logging
 from pathlib import Path
 
 from vlbridge.errors import UserError
+from vlbridge.io import atomic_write_text
 from vlbridge.evaluation.features_io import DATASET_HELP, LabelledImages, embed_records, load_captioned, load_classification
 from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe
 from vlbridge.evaluation.retrieval import retrieval_scores
 from vlbridge.evaluation.robustness import LabelledFeatures, evaluate_robustness
 from vlbridge.evaluation.templates import builtin_template_names, templates_for
 from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
-from vlbridge.training import distributed
+from vlbridge.runtime import resolve_device
 
 GROUP = "eval"
 log = logging.getLogger(__name__)
@@ -216,14 +217,9 @@ def default_shifts(dataset: str) -> list[str]:
 
 def load_bundle(args: argparse.Namespace):
     """The ClipBundle of --model/--arch on --device (load_clip is imported only now)."""
-    from vlbridge.models.clip import load_clip
+    from vlbridge.models.clip_loading import load_clip
 
     return load_clip(args.model, device=resolve_device(args.device), arch=args.arch)
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> this machine's GPU if visible, else CPU; bad names and absent GPUs are UserErrors."""
-    return str(distributed.resolve_device(name))
 
 
 def probe_config(args: argparse.Namespace) -> ProbeConfig:
@@ -235,7 +231,7 @@ def probe_config(args: argparse.Namespace) -> ProbeConfig:
         standardize=args.standardize,
         max_iter=args.max_iter,
         seed=args.seed,
-        device=resolve_device(args.device),
+        device=str(resolve_device(args.device)),
     )
 
 
@@ -283,8 +279,5 @@ def finish(args: argparse.Namespace, result: dict, title: str, rows: list[tuple[
         print(f"  {name:<{width}}  {value}")
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = out.with_name(out.name + ".tmp")
-        temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        temporary.replace(out)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")

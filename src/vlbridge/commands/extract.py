@@ -1,6 +1,6 @@
 """`vlbridge extract`: encode a dataset once with an image encoder into the feature cache.
 
-Builds the encoder from its spec (`vlbridge.registry.build_encoder`), reads the dataset's
+Builds the encoder from its spec (`vlbridge.models.registry.build_encoder`), reads the dataset's
 records, and calls `FeatureStore.get_or_extract`; prints where the features went and how
 many were computed, reused and skipped. Under `torchrun` every rank encodes its share of the
 chunks. The cache entries are the ones `vlbridge train limber` reads (same dataset naming,
@@ -106,8 +106,8 @@ def cache_dataset_name(dataset: str, seed: int, image_size: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from vlbridge.data.features import FeatureStore
-    from vlbridge.registry import build_encoder
-    from vlbridge.training.distributed import cleanup, init_distributed
+    from vlbridge.models.registry import build_encoder
+    from vlbridge.runtime import cleanup, init_distributed
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise UserError(f"--batch-size and --chunk-size must be >= 1, got {args.batch_size} and {args.chunk_size}")

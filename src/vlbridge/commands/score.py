@@ -11,11 +11,11 @@ Prints a short table; `--out` writes the full result (per-image scores included)
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from vlbridge.errors import UserError
+from vlbridge.io import atomic_write_json
 
 GROUP = "score"
 
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     clip.add_argument("--images", nargs="+", required=True, help="a directory of images named <id>.<ext>, or image files")
     clip.add_argument("--captions", required=True, help='JSON {"cands": {id: str}, "refs"?: {id: [str]}}')
-    clip.add_argument("--model", required=True, help="CLIP to score with (any spec vlbridge.models.clip.load_clip accepts)")
+    clip.add_argument("--model", required=True, help="CLIP to score with (any spec vlbridge.models.clip_loading.load_clip accepts)")
     clip.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     clip.add_argument("--batch-size", type=int, default=64, help="images/texts per forward pass (default 64)")
     clip.add_argument("--out", help="write the full result as JSON here")
@@ -117,10 +117,8 @@ def run_clip(args: argparse.Namespace) -> int:
     missing = [k for k in cands if k not in images]
     if missing:
         raise UserError(f"{len(missing)} candidate(s) have no image, e.g. id {missing[0]!r} (images are matched by file name stem)")
-    try:
-        from vlbridge.models.clip import load_clip
-    except ImportError as err:
-        raise UserError(f"CLIP loading is not available in this installation: {err}") from err
+    from vlbridge.models.clip_loading import load_clip
+
     bundle = load_clip(args.model, device=args.device)
     ids = list(cands)
     references = [refs[k] for k in ids] if refs is not None else None
@@ -159,8 +157,5 @@ def _print_table(rows: dict[str, dict[str, Any]], metrics: list[str]) -> None:
 def _write(path: str | None, result: dict[str, Any]) -> None:
     if path:
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-        tmp.replace(out)
+        atomic_write_json(out, result)
         print(f"wrote {out}")

@@ -68,7 +68,7 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from vlbridge.errors import UserError
-    from vlbridge.training.distributed import cleanup, init_distributed
+    from vlbridge.runtime import cleanup, init_distributed
     from vlbridge.training.projection import train_limber
 
     config = build_config(args)

@@ -27,21 +27,19 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from vlbridge.data.records import BadImage, SkipCounter, open_image
 from vlbridge.errors import UserError
-from vlbridge.training.checkpoint import atomic_write_bytes
-from vlbridge.training.distributed import DistEnv, autocast, barrier, gather_objects
+from vlbridge.io import atomic_save_safetensors, atomic_write_json
+from vlbridge.runtime import DistEnv, autocast, barrier, gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +140,7 @@ class FeatureStore:
         computed = sum(gather_objects(computed, env))
         barrier(env)
         if env.is_main:
-            atomic_write_bytes(folder / INDEX_FILE, json.dumps({**key, "chunks": n_chunks}, indent=1).encode())
+            atomic_write_json(folder / INDEX_FILE, {**key, "chunks": n_chunks}, indent=1)
         barrier(env)
         features, skipped = self._load_all(folder, n_chunks, chunk_size, ids)
         stats = ExtractionStats(folder, len(ids), computed, len(ids) - computed, skipped)
@@ -167,7 +165,7 @@ class FeatureStore:
                 raise UserError(f"feature cache {folder} holds a different key (hash collision?); delete that folder")
             return int(chunk_size)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(key_file, json.dumps({**key, "chunk_size": self.chunk_size}, indent=1).encode())
+        atomic_write_json(key_file, {**key, "chunk_size": self.chunk_size}, indent=1)
         return self.chunk_size
 
     def _encode_chunks(self, encoder, records, todo, chunk_size, folder, batch_size, env, on_chunk_done) -> int:
@@ -261,15 +259,8 @@ def _chunk_path(folder: Path, chunk: int) -> Path:
 
 def _save_chunk(path: Path, ids: list[str], features: torch.Tensor, skipped: dict[str, str]) -> None:
     """safetensors file with the stacked features and the ids as metadata, written atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        metadata = {"ids": json.dumps(ids), "skipped": json.dumps(skipped)}
-        save_file({"features": features.contiguous()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    metadata = {"ids": json.dumps(ids), "skipped": json.dumps(skipped)}
+    atomic_save_safetensors(path, {"features": features}, metadata=metadata)
 
 
 def _load_chunk(path: Path) -> tuple[list[str], torch.Tensor, dict[str, str]]:

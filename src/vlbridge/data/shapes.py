@@ -56,6 +56,7 @@ from vlbridge.data.shapes_scene import (
 )
 from vlbridge.data.shapes_text import ANSWER_TYPES, QuestionItem, scene_captions, scene_questions
 from vlbridge.errors import UserError
+from vlbridge.io import atomic_open, atomic_write_text
 
 __all__ = [
     "ALL_COMBOS", "ANSWER_TYPES", "BACKGROUNDS", "COLOURS", "DOMAINS", "HELD_OUT_COMBOS", "MAX_OBJECTS",
@@ -304,17 +305,15 @@ def write_dataset(
         "single_object": 0,
     }
     bar = tqdm(total=n, desc="shapes", unit="img", disable=None if progress else True)
-    with open(out / "captions.jsonl.tmp", "w", encoding="utf-8", newline="\n") as captions_file, open(
-        out / "vqa.jsonl.tmp", "w", encoding="utf-8", newline="\n"
+    with atomic_open(out / "captions.jsonl", "w", newline="\n") as captions_file, atomic_open(
+        out / "vqa.jsonl", "w", newline="\n"
     ) as vqa_file:
         for split, count in counts.items():
             for index in range(count):
                 _write_image(out, config, split, index, captions_file, vqa_file, summary)
                 bar.update(1)
     bar.close()
-    (out / "shapes.json").write_text(json.dumps(_dataset_card(config, counts), indent=2) + "\n", encoding="utf-8")
-    (out / "captions.jsonl.tmp").replace(out / "captions.jsonl")
-    (out / "vqa.jsonl.tmp").replace(out / "vqa.jsonl")
+    atomic_write_text(out / "shapes.json", json.dumps(_dataset_card(config, counts), indent=2) + "\n")
     return summary
 
 

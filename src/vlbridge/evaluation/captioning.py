@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter, open_image
 from vlbridge.errors import UserError
-from vlbridge.training.distributed import DistEnv, gather_objects
+from vlbridge.runtime import DistEnv, gather_objects
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from vlbridge.data.records import ImageRef, VQARecord
 from vlbridge.errors import UserError
-from vlbridge.training.distributed import DistEnv, gather_objects
+from vlbridge.runtime import DistEnv, gather_objects
 
 log = logging.getLogger(__name__)
 

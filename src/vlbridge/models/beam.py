@@ -20,9 +20,11 @@ top-k choices, ties included, are made on the same numbers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from vlbridge.models.generation import GenerationConfig, grow_mask, prompt_positions, unpadded_as_none
+from vlbridge.models.padding import grow_mask, prompt_positions, unpadded_as_none
 
 NEG = -1.0e9  # score offset that rules an entry out while keeping tensor shapes fixed
 
@@ -62,7 +64,7 @@ def _stop_when_full(hyps: _Hypotheses, early_stopping) -> torch.Tensor:
     return hyps.filled.all(dim=1, keepdim=True) & (early_stopping is True)
 
 
-def _may_still_improve(may_improve, running_scores, hyps: _Hypotheses, gen_len: int, config: GenerationConfig):
+def _may_still_improve(may_improve, running_scores, hyps: _Hypotheses, gen_len: int, config: Any):
     """HF's heuristic: can the best running beam still beat the worst finished hypothesis? (B, 1)."""
     if config.early_stopping == "never" and config.length_penalty > 0.0:
         best_length = config.max_new_tokens

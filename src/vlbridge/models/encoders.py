@@ -3,7 +3,7 @@
 An encoder maps preprocessed pixels to features and carries everything a consumer needs to
 know about itself, so no code keeps side tables of encoder properties:
 
-    encoder = vlbridge.registry.build_encoder("efficientnet-lite0:grid")
+    encoder = vlbridge.models.registry.build_encoder("efficientnet-lite0:grid")
     pixels = torch.stack([encoder.preprocess(image) for image in images])  # (B, 3, H, W)
     features = encoder(pixels)  # (B, D) when encoder.pooled, else (B, N, D)
 
@@ -21,7 +21,7 @@ makes it trainable for the "tuned encoder" experiments.
 This module holds the base class, the identity helpers (weights fingerprint, preprocessing
 id, seeded re-initialisation) and the embedded EfficientNet-Lite0 encoder. CLIP towers live
 in `encoders_clip.py`, timm / HF / self-supervised towers in `encoders_timm_hf.py`; the
-spec strings are parsed in `vlbridge.registry`.
+spec strings are parsed in `vlbridge.models.registry`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CLIP image towers as `ImageEncoder`s: pooled CLIP embedding or the grid under it.
 
-Built from a `ClipBundle` (whatever `vlbridge.models.clip.load_clip` loaded: a vlbridge run,
-an open_clip / OpenAI checkpoint, a HF CLIPModel directory) by `vlbridge.registry` for the
+Built from a `ClipBundle` (whatever `vlbridge.models.clip_loading.load_clip` loaded: a vlbridge run,
+an open_clip / OpenAI checkpoint, a HF CLIPModel directory) by `vlbridge.models.registry` for the
 specs "clip:PATH" (pooled) and "clip-grid:PATH" (grid). Preprocessing is the bundle's.
 
 What the features are:

@@ -1,6 +1,6 @@
 """timm, HF transformers and self-supervised image towers as `ImageEncoder`s.
 
-Built by `vlbridge.registry` for the specs "timm:NAME@WEIGHTS_FILE", "hf:DIR" and "ssl:DIR"
+Built by `vlbridge.models.registry` for the specs "timm:NAME@WEIGHTS_FILE", "hf:DIR" and "ssl:DIR"
 (each with an optional ":grid"). Nothing is downloaded: timm models are created with
 `pretrained=False` and filled from a local safetensors / torch state-dict file; HF models
 load from a local `save_pretrained` directory (`local_files_only=True`).

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from vlbridge.errors import UserError
-from vlbridge.training.distributed import autocast
+from vlbridge.models.beam import beam_search
+from vlbridge.models.padding import grow_mask, prompt_positions, unpadded_as_none
+from vlbridge.runtime import autocast
 
 if TYPE_CHECKING:
     from vlbridge.models.limber import Limber, Segment
@@ -103,22 +105,6 @@ def _next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torc
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)  # (B,)
 
 
-def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of a left-padded prompt: 0.. over real tokens, 0 on padding (as HF generate)."""
-    mask = attention_mask.long()
-    return (mask.cumsum(dim=-1) - 1).masked_fill(mask == 0, 0)  # (B, L)
-
-
-def unpadded_as_none(mask: torch.Tensor) -> torch.Tensor | None:
-    """None when no row is padded (as HF generate does: the model then uses its causal fast path)."""
-    return None if bool(mask.eq(1).all()) else mask
-
-
-def grow_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The attention mask one generated position longer (None stays None)."""
-    return None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-
-
 def _check_prompt(lm: "FrozenLM", inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
     if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != lm.hidden_size:
         raise ValueError(f"inputs_embeds must be (B, L, {lm.hidden_size}), got {tuple(inputs_embeds.shape)}")
@@ -142,8 +128,6 @@ def generate(
     inputs_embeds = inputs_embeds.to(lm.device, lm.dtype)
     attention_mask = attention_mask.to(lm.device)
     if config.strategy == "beam":
-        from vlbridge.models.beam import beam_search
-
         tokens, lengths = beam_search(lm, inputs_embeds, attention_mask, stop_ids, config)
     else:
         tokens, lengths = _decode_stepwise(lm, inputs_embeds, attention_mask, stop_ids, config)

@@ -37,11 +37,12 @@ from vlbridge.data.records import open_image
 from vlbridge.errors import UserError
 from vlbridge.models.lm import FrozenLM, default_lm_path
 from vlbridge.models.projector import LinearProjector
-from vlbridge.training.distributed import autocast
+from vlbridge.runtime import autocast
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "projector.safetensors"
+TUNED_ENCODER_FILE = "encoder.safetensors"  # a tuned encoder's weights, beside the projector
 CONFIG_FILE = "limber.yaml"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,7 +54,7 @@ Segment = Union[str, torch.Tensor, Path, bytes, Image.Image]
 class LimberConfig:
     """What a LiMBeR model is made of; saved resolved next to the projector weights."""
 
-    encoder: str = ""  # image-encoder spec for vlbridge.registry.build_encoder ("" = features given by the caller)
+    encoder: str = ""  # image-encoder spec for vlbridge.models.registry.build_encoder ("" = features given by the caller)
     lm: str = ""  # HF causal-LM directory ("" = the embedded SmolLM2-135M-Instruct)
     num_prefix_tokens: int = 4  # k soft-prompt vectors from pooled features (grid features give N)
     pooled: bool = True  # True: (B, D) features -> k tokens; False: (B, N, D) grid -> N tokens (from the encoder)
@@ -72,7 +73,7 @@ def resolve_lm_path(spec: str) -> Path:
 
 
 def _load_encoder(spec: str, device):
-    from vlbridge.registry import build_encoder  # lazy: the registry pulls in every backbone library
+    from vlbridge.models.registry import build_encoder  # lazy: the registry pulls in every backbone library
 
     return build_encoder(spec, device=str(device))
 
@@ -223,14 +224,10 @@ class Limber(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
         """Write projector.safetensors + limber.yaml into directory `path` (atomically); returns it."""
-        from safetensors.torch import save as safetensors_bytes
-
-        from vlbridge.training.checkpoint import atomic_write_bytes
+        from vlbridge.io import atomic_save_safetensors
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.projector.state_dict().items()}
-        atomic_write_bytes(path / WEIGHTS_FILE, safetensors_bytes(state, metadata={"format": "vlbridge-limber"}))
+        atomic_save_safetensors(path / WEIGHTS_FILE, self.projector.state_dict(), metadata={"format": "vlbridge-limber"})
         save_config(self.config, path / CONFIG_FILE)
         log.info("saved LiMBeR projector to %s", path)
         return path
@@ -260,6 +257,25 @@ class Limber(nn.Module):
             raise UserError(f"projector weights in {folder} do not fit its config: expected {expected}, found {found}")
         model.projector.load_state_dict(state)
         return model
+
+
+def load_trained_limber(model_dir: str | Path, device: str | torch.device = "cpu", with_encoder: bool = True):
+    """A saved Limber (`run_dir/model` or `run_dir`), with its tuned encoder weights when present.
+
+    with_encoder=False skips the image encoder (blind VQA, cached features).
+    """
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    if (model_dir / "model").is_dir():
+        model_dir = model_dir / "model"
+    model = Limber.load(model_dir, device=device, with_encoder=with_encoder)
+    tuned = model_dir / TUNED_ENCODER_FILE
+    if with_encoder and tuned.is_file():
+        if model.encoder is None:
+            raise UserError(f"{model_dir} holds tuned encoder weights but its config names no encoder")
+        model.encoder.load_state_dict(load_file(str(tuned), device=str(device)))
+    return model
 
 
 def _resolve(config: LimberConfig, encoder, lm: FrozenLM) -> LimberConfig:

@@ -28,17 +28,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from vlbridge.errors import UserError
+from vlbridge.errors import UserError, one_line
+from vlbridge.io import atomic_save_safetensors, atomic_write_text
 from vlbridge.models.bundle import ClipBundle
-from vlbridge.models.clip import (
-    LIT_CONFIG_FILE,
-    WEIGHTS_FILE,
-    one_line,
-    atomic_save_safetensors,
-    atomic_write_text,
-    architecture_config,
-    eval_transform,
-)
+from vlbridge.models.clip import LIT_CONFIG_FILE, WEIGHTS_FILE, architecture_config, eval_transform
 
 DEFAULT_CONTEXT_LENGTH = 32  # tokens per caption given to the frozen text encoder
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature
@@ -189,8 +182,7 @@ def lit_from_spec(spec: dict[str, Any], state: dict[str, torch.Tensor], name: st
 def save_lit_run(model: LockedTextCLIP, spec: dict[str, Any], run_dir: str | Path) -> Path:
     """Write `model.safetensors` (trainable weights) + `lit_config.json` into `run_dir`."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(model.trainable_state_dict(), run_dir / WEIGHTS_FILE)
+    atomic_save_safetensors(run_dir / WEIGHTS_FILE, model.trainable_state_dict())
     atomic_write_text(run_dir / LIT_CONFIG_FILE, json.dumps(spec, indent=2))
     return run_dir / WEIGHTS_FILE
 

@@ -12,7 +12,7 @@ Checkpoint = a folder:
     DIR/model.safetensors   backbone weights (no head)
     DIR/config.json         {"format": "vlbridge-ssl-v1", "model": SSLModelConfig fields, "training": {...}}
 written weights first and config last, each atomically, so a folder with config.json is complete.
-`vlbridge.registry.build_encoder("ssl:DIR")` loads it through `load_backbone`.
+`vlbridge.models.registry.build_encoder("ssl:DIR")` loads it through `load_backbone`.
 """
 
 from __future__ import annotations
@@ -100,18 +100,12 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
 
 def save_checkpoint(directory: Path, backbone: torch.nn.Module, config: SSLModelConfig, training: dict) -> Path:
     """Write DIR/model.safetensors then DIR/config.json (atomic each); returns DIR."""
-    from safetensors.torch import save_file
-
-    from vlbridge.training.checkpoint import atomic_write_bytes
+    from vlbridge.io import atomic_save_safetensors, atomic_write_json
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
-    tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp), metadata={"format": SSL_FORMAT})
-    tmp.replace(directory / WEIGHTS_FILE)
+    atomic_save_safetensors(directory / WEIGHTS_FILE, backbone.state_dict(), metadata={"format": SSL_FORMAT})
     meta = {"format": SSL_FORMAT, "model": asdict(config), "training": training}
-    atomic_write_bytes(directory / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    atomic_write_json(directory / CONFIG_FILE, meta, sort_keys=True)
     return directory
 
 

@@ -63,9 +63,9 @@ def labelled_features(store: FeatureStore, encoder, data: LabelledImages, batch_
 def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str, str], store: FeatureStore,
                      folder: Path) -> None:
     """Zero-shot and probes per dataset, robustness on the shapes-world shifts -> table.json."""
-    from vlbridge.models.clip import load_clip
-    from vlbridge.registry import build_encoder
-    from vlbridge.training.distributed import resolve_device
+    from vlbridge.models.clip_loading import load_clip
+    from vlbridge.models.registry import build_encoder
+    from vlbridge.runtime import resolve_device
 
     table = config.clip_table
     device = resolve_device(config.device)
@@ -129,7 +129,7 @@ def shapes_robustness(config: StudyConfig, bundle, templates, encoder, store, pr
 def similarity_matrix(clip_dir: Path, n: int, seed: int) -> tuple:
     """(matrix, image ids, captions) of the trained CLIP on n held-out single-object images."""
     from vlbridge.data import shapes
-    from vlbridge.models.clip import load_clip
+    from vlbridge.models.clip_loading import load_clip
 
     bundle = load_clip(clip_dir, device="cpu")
     records = shapes.classification_records(n, split="test", seed=seed + 1)

@@ -2,7 +2,7 @@
 
 The study reuses the trainers' own configs (`ClipTrainConfig`, `SSLTrainConfig`,
 `LimberTrainConfig`), so a study stage trains exactly what the matching `vlbridge train ...`
-command would. Presets are partial override trees applied on top of the defaults; a config
+command would. Presets (`vlbridge.study.presets`) are partial override trees applied on top of the defaults; a config
 file and `key=value` overrides then apply on top of the preset, and the resolved config is
 written into results.json.
 """
@@ -14,7 +14,8 @@ from typing import Any
 
 from vlbridge.config import from_dict, merge, parse_overrides, read_mapping, to_dict
 from vlbridge.errors import UserError
-from vlbridge.evaluation.vqa import FROZEN_TEMPLATE, QUESTION_TEMPLATE
+from vlbridge.study.presets import PRESETS
+from vlbridge.evaluation.vqa import QUESTION_TEMPLATE
 from vlbridge.training.contrastive import ClipTrainConfig
 from vlbridge.training.projection import LimberTrainConfig
 from vlbridge.training.self_supervised import SSLTrainConfig
@@ -100,46 +101,9 @@ class StudyConfig:
     paper: PaperPaths = field(default_factory=PaperPaths)  # only read by the paper preset
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {  # a smoke test of every stage (CI): <= 3 minutes on 2 CPU cores
-        "clip": {"steps": 30, "batch_size": 32, "eval": {"every": 0, "n": 52},
-                 "data": {"shapes_n": 512, "twemoji": False, "openclipart": False}},
-        "ssl": {"steps": 6, "batch_size": 16, "n_images": 64},
-        "clip_table": {"datasets": ["shapes", "fashion-mnist"], "shifts": ["sketch"],
-                       "n_train": 104, "n_test": 52, "probe_c_steps": 2, "probe_max_iter": 50},
-        "limber": {"train": {"max_steps": 6, "batch_size": 8, "data": {"n": 64}, "projector_init": "caption-ridge",
-                             "num_prefix_tokens": 8},
-                   "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&n=3"},
-                   "vqa_queries": "shapes?split=test&n=2", "vqa_max_questions": 4,
-                   "vqa_support": "shapes?split=train&n=8", "sample_images": 4,
-                   "vqa_template": FROZEN_TEMPLATE},
-    },
-    "default": {  # the embedded-default experiment: <= 15 minutes on 2 CPU cores
-        # `vlbridge train clip`'s default recipe (vl-tiny-rn, batch 512), 160 of its 180 steps for time
-        "clip": {"steps": 160},
-        "ssl": {"steps": 75},
-        "clip_table": {"n_train": 250, "n_test": 250, "probe_c_steps": 4, "probe_max_iter": 200},
-        # the frozen LM dominates (~3.3 s per step of 16 captions on 2 cores): the projector starts
-        # from the closed-form caption-ridge fit on 768 images, then 8 gradient steps through the LM;
-        # 8 prefix vectors hold a whole short caption (CIDEr-D of the CLIP projector 0.25, against 0.08 with 4)
-        "limber": {"train": {"max_steps": 8, "batch_size": 16, "data": {"n": 768}, "num_prefix_tokens": 8,
-                             "projector_init": "caption-ridge", "optim": {"lr": 1e-4, "warmup_steps": 2}},
-                   "caption_sets": {"shapes": "shapes?split=test&n=48", "twemoji": "twemoji?split=test&n=16"},
-                   "vqa_queries": "shapes?split=test&n=8", "vqa_max_questions": 20,
-                   "vqa_support": "shapes?split=train&n=100",
-                   # Frozen's wording: with SmolLM2-135M it reads the image better than "Q: A:" (docs/STUDY.md)
-                   "vqa_template": FROZEN_TEMPLATE},
-    },
-}
-
-
 def preset_tree(name: str) -> dict[str, Any]:
-    if name == "paper":
-        from vlbridge.study.paper import PAPER_PRESET
-
-        return PAPER_PRESET
     if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose quick, default or paper")
+        raise UserError(f"unknown preset {name!r}; choose {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

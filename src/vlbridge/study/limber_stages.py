@@ -20,8 +20,9 @@ import numpy as np
 from vlbridge.data.features import FeatureStore
 from vlbridge.errors import AssetMissingError
 from vlbridge.study.config import StudyConfig
-from vlbridge.training.distributed import resolve_device
-from vlbridge.training.projection import load_trained_limber, train_limber
+from vlbridge.runtime import resolve_device
+from vlbridge.models.limber import load_trained_limber
+from vlbridge.training.projection import train_limber
 
 log = logging.getLogger(__name__)
 

@@ -108,8 +108,8 @@ def _build_ssl(config: StudyConfig, folder: Path) -> None:
 
 
 def _clip_scorer(spec: str, config: StudyConfig):
-    from vlbridge.models.clip import load_clip
-    from vlbridge.training.distributed import resolve_device
+    from vlbridge.models.clip_loading import load_clip
+    from vlbridge.runtime import resolve_device
 
     return load_clip(spec, device=resolve_device(config.device))
 

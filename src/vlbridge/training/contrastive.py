@@ -9,7 +9,7 @@ result does not depend on that split (see `loss.py`, `loop_utils.py`, `clip_data
 The run dir gets: config.yaml (the resolved config), checkpoints/ (every `checkpoint_every`
 steps, atomic, with model/optimizer/scheduler/RNG/data state; `resume="latest"` continues
 exactly), metrics.csv + tensorboard/ (loss, logit scale, lr, samples/s, zero-shot top-1), and
-at the end the final weights that `vlbridge.models.clip.load_clip(run_dir)` reads.
+at the end the final weights that `vlbridge.models.clip_loading.load_clip(run_dir)` reads.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from vlbridge.config import save_config, to_dict
 from vlbridge.data.records import SkipCounter
 from vlbridge.errors import UserError
 from vlbridge.models.clip import DEFAULT_ARCH, architecture_config, model_from_config, openclip_tokenizer, save_openclip_run, train_transform
-from vlbridge.training import checkpoint as ckpt
+from vlbridge import checkpoint as ckpt
 from vlbridge.training.clip_data import ClipDataConfig, PairDataset, PairMaker, StepSampler, StreamBatches, count_skips, load_source, map_style_batches
-from vlbridge.training.distributed import DistEnv, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed
-from vlbridge.training.loop_utils import ZeroShotProbe, contrastive_step, unwrap
+from vlbridge.runtime import DistEnv, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed
+from vlbridge.training.loop_utils import ZeroShotProbe, contrastive_step
 from vlbridge.training.loss import ClipLoss
 from vlbridge.training.metrics_log import RunLogger
 from vlbridge.training.optim import param_groups, warmup_cosine

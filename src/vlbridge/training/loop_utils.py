@@ -19,15 +19,10 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from vlbridge.training.distributed import autocast
+from vlbridge.runtime import autocast, unwrap_ddp
 from vlbridge.training.loss import ClipLoss, scale_gradient
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps the learned temperature at 100
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def _features(model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -86,7 +81,7 @@ def contrastive_step(
         torch.nn.utils.clip_grad_norm_(params, grad_clip_norm, norm_type=2.0)
     optimizer.step()
     with torch.no_grad():
-        unwrap(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        unwrap_ddp(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return loss.detach()
 
 
@@ -104,7 +99,7 @@ class ZeroShotProbe:
 
     @torch.no_grad()
     def accuracy(self, model: torch.nn.Module, device: torch.device, batch_size: int = 256) -> float:
-        model = unwrap(model)
+        model = unwrap_ddp(model)
         was_training = model.training
         model.eval()
         try:

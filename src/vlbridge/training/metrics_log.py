@@ -20,6 +20,8 @@ import logging
 import math
 from pathlib import Path
 
+from vlbridge.io import atomic_open
+
 log = logging.getLogger(__name__)
 
 CSV_NAME = "metrics.csv"
@@ -69,12 +71,10 @@ class RunLogger:
                 self.writer.add_scalar(name, float(value), step)
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
+        with atomic_open(self.path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, self.columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        tmp.replace(self.path)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -43,23 +43,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from vlbridge.config import save_config, to_dict
 from vlbridge.errors import UserError
+from vlbridge.models.limber import TUNED_ENCODER_FILE
 from vlbridge.training import limber_data
-from vlbridge.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from vlbridge.training.distributed import DistEnv, autocast, barrier, init_distributed
+from vlbridge.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from vlbridge.runtime import DistEnv, all_reduce_sum, autocast, barrier, init_distributed
 from vlbridge.training.metrics_log import RunLogger
 from vlbridge.training.optim import param_groups, warmup_cosine
 from vlbridge.training.projector_init import init_projector
 
 log = logging.getLogger(__name__)
 
-TUNED_ENCODER_FILE = "encoder.safetensors"  # tuned encoder weights inside model/
 RESUME_FREE_KEYS = (  # config keys that may change when a run is resumed (they do not change the result)
     "log_every", "checkpoint_every", "keep_last", "device", "data.feature_cache", "data.extract_batch_size",
     "grad_accum_steps",
@@ -99,7 +98,7 @@ class LimberOptimConfig:
 class LimberTrainConfig:
     """Everything `vlbridge train limber` needs; saved resolved as run_dir/config.yaml."""
 
-    encoder: str = ""  # image encoder spec for vlbridge.registry.build_encoder (required)
+    encoder: str = ""  # image encoder spec for vlbridge.models.registry.build_encoder (required)
     lm: str = ""  # frozen causal-LM directory; "" = the embedded SmolLM2-135M-Instruct
     lm_dtype: str = "float32"  # LM weight dtype: float32 | bfloat16 | float16 (compute: bf16 autocast on GPU)
     num_prefix_tokens: int = 4  # k prefix vectors for pooled features (grid features give N)
@@ -154,7 +153,7 @@ def build_limber(config: LimberTrainConfig, device: torch.device):
     """Encoder + fresh projector (seeded) + frozen LM, as a `Limber`."""
     from vlbridge.models.limber import DTYPES, Limber, LimberConfig
     from vlbridge.models.lm import FrozenLM, default_lm_path
-    from vlbridge.registry import build_encoder
+    from vlbridge.models.registry import build_encoder
 
     if not config.encoder:
         raise UserError("no image encoder given: pass --encoder SPEC (e.g. timm:nf_resnet50@weights.safetensors)")
@@ -176,27 +175,6 @@ def build_limber(config: LimberTrainConfig, device: torch.device):
     )
     torch.manual_seed(config.seed)  # the projector's initial weights depend on the seed only
     return Limber.build(limber_config, device=device, encoder=encoder, lm=lm)
-
-
-def load_trained_limber(model_dir: str | Path, device: str | torch.device = "cpu", with_encoder: bool = True):
-    """A saved Limber (`run_dir/model` or `run_dir`), with its tuned encoder weights when present.
-
-    with_encoder=False skips the image encoder (blind VQA, cached features).
-    """
-    from safetensors.torch import load_file
-
-    from vlbridge.models.limber import Limber
-
-    model_dir = Path(model_dir)
-    if (model_dir / "model").is_dir():
-        model_dir = model_dir / "model"
-    model = Limber.load(model_dir, device=device, with_encoder=with_encoder)
-    tuned = model_dir / TUNED_ENCODER_FILE
-    if with_encoder and tuned.is_file():
-        if model.encoder is None:
-            raise UserError(f"{model_dir} holds tuned encoder weights but its config names no encoder")
-        model.encoder.load_state_dict(load_file(str(tuned), device=str(device)))
-    return model
 
 
 def default_feature_cache() -> Path:
@@ -260,14 +238,6 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     flat_logits = logits.reshape(-1, logits.shape[-1])  # (B*T, V), a view
     loss_sum = F.cross_entropy(flat_logits.float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
     return loss_sum, (targets != -100).sum()
-
-
-def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Sum over ranks (a detached copy)."""
-    total = value.detach().clone()
-    if env.distributed:
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -342,15 +312,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def save_model(model, trainable: PrefixModule, run_dir: Path) -> Path:
     """Write the deployable model (projector + config; tuned encoder weights too)."""
-    from vlbridge.training.checkpoint import atomic_write_bytes
+    from vlbridge.io import atomic_save_safetensors
 
     model_dir = run_dir / "model"
     model.save(model_dir)
     if trainable.encoder is not None:
-        from safetensors.torch import save
-
-        state = {k: v.detach().cpu().contiguous() for k, v in trainable.encoder.state_dict().items()}
-        atomic_write_bytes(model_dir / TUNED_ENCODER_FILE, save(state))
+        atomic_save_safetensors(model_dir / TUNED_ENCODER_FILE, trainable.encoder.state_dict())
     return model_dir
 
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from vlbridge.data.records import to_rgb
 from vlbridge.errors import UserError
 from vlbridge.models.ssl import SimCLRModel, SSLModelConfig, nt_xent_loss, save_checkpoint
-from vlbridge.training.distributed import autocast, resolve_device
+from vlbridge.runtime import autocast, resolve_device
 from vlbridge.training.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)

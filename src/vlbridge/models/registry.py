@@ -2,7 +2,7 @@
 
 Spec strings are what configs, the CLI (`--encoder`) and saved LiMBeR checkpoints store:
 
-    clip:PATH               CLIP image embedding of `vlbridge.models.clip.load_clip(PATH)`
+    clip:PATH               CLIP image embedding of `vlbridge.models.clip_loading.load_clip(PATH)`
     clip:ARCH@PATH          same, telling load_clip the open_clip architecture of a bare checkpoint
     clip-grid:PATH          CLIP grid tokens (ModifiedResNet final map / ViT patch tokens)
     timm:NAME@WEIGHTS_FILE  timm architecture NAME filled from a local .safetensors/.pth state dict
@@ -92,10 +92,7 @@ def build_encoder(spec: str, device: str | torch.device = "cpu") -> ImageEncoder
 
 
 def _build_clip(spec: EncoderSpec) -> ImageEncoder:
-    try:
-        from vlbridge.models.clip import load_clip
-    except ImportError as err:
-        raise UserError(f"CLIP loading is not available in this install ({err})") from err
+    from vlbridge.models.clip_loading import load_clip
     from vlbridge.models.encoders_clip import ClipImageEncoder
 
     arch, path = None, spec.target

@@ -1,4 +1,6 @@
-"""Process-group set-up for single-process and `torchrun` runs, and small rank helpers.
+"""Runtime: devices, process groups (single process or `torchrun`), autocast and rank helpers.
+
+The base layer every other part of vlbridge computes through.
 
 `init_distributed(device)` reads the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK),
 picks the backend (nccl on CUDA, gloo on CPU) and returns a `DistEnv`. Without torchrun it
@@ -87,6 +89,19 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     reduced = value.detach().clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced / env.world_size
+
+
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum of `value` over ranks (a detached copy)."""
+    total = value.detach().clone()
+    if env.distributed:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
 
 
 def gather_objects(obj, env: DistEnv) -> list:

@@ -11,9 +11,7 @@ kill at any moment leaves either the old or the new checkpoint, never a torn one
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +19,12 @@ import numpy as np
 import torch
 
 from vlbridge.errors import UserError
+from vlbridge.io import atomic_torch_save, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save(obj) to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -77,7 +47,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
     """Save `state` (+ step, RNG state) as step-XXXXXXXX.pt, point `latest` at it, prune old ones."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     path = folder / f"step-{step:08d}.pt"
-    atomic_torch_save({**state, "step": step, "rng": capture_rng_state()}, path)
+    atomic_torch_save(path, {**state, "step": step, "rng": capture_rng_state()})
     atomic_write_bytes(folder / LATEST, path.name.encode())
     if keep_last > 0:
         for old in sorted(folder.glob("step-*.pt"))[:-keep_last]:
