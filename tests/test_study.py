@@ -1,6 +1,7 @@
 """Tests for the study: the stage cache, the report writer, config presets, and the quick preset end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from vlbridge.errors import UserError
 from vlbridge.study.cache import StageCache, content_key
 from vlbridge.study.config import load_study_config
 from vlbridge.study.report import ReportExtras, write_report
+from vlbridge.study.runner import read_manifest
 
 ENCODERS = ["clip", "supervised", "self-supervised", "random-clip", "random-supervised"]
 SHOTS = ["0", "1", "2", "4"]
@@ -123,6 +125,11 @@ def test_quick_study_end_to_end_then_fully_cached(tmp_path, capsys):
     assert summary["steps"] == 30 and "run_dir" not in summary  # no temporary path left behind
     assert (out / "report.md").read_text().startswith("# vlbridge study report (quick preset)")
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 6
+    manifest = read_manifest("quick", cache)  # what `vlbridge serve --demo` finds the models through
+    assert manifest["out_dir"] == str(out.resolve()) and manifest["clip"] == str(clip_stage)
+    assert sorted(manifest["projectors"]) == sorted(ENCODERS)
+    assert all((Path(folder) / "model").is_dir() for folder in manifest["projectors"].values())
+    assert read_manifest("default", cache) is None
     capsys.readouterr()
     assert main(["study", "--preset", "quick", "--out", str(out), "--cache", str(cache)]) == 0
     printed = capsys.readouterr().out

@@ -95,8 +95,37 @@ def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, ann
     results["timing_s"] = {name: round(seconds, 2) for name, seconds in run.timing.items()}
     results["config"] = to_dict(config)
     paths = write_report(results, out_dir, _extras(config, clip_dir, curves, evals))
+    write_manifest(run.cache.root, config, out_dir, clip_dir, {key: p.path for key, p in projectors.items()})
     announce(f"[study] report: {paths['html']} (markdown: {paths['markdown']}, numbers: {paths['results']})")
     return results
+
+
+MANIFEST = "latest-{preset}.json"  # in the cache root: where the newest run of a preset left its models
+
+
+def write_manifest(cache_root: Path, config: StudyConfig, out_dir, clip_dir: Path | None, projectors: dict[str, Path]) -> Path:
+    """Record the newest finished run of this preset: its report folder and the trained models' folders."""
+    from vlbridge.io import atomic_write_json
+
+    path = Path(cache_root) / MANIFEST.format(preset=config.preset)
+    manifest = {
+        "preset": config.preset,
+        "out_dir": str(Path(out_dir).resolve()),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "clip": str(clip_dir) if clip_dir is not None else None,
+        "projectors": {key: str(folder) for key, folder in projectors.items()},
+    }
+    atomic_write_json(path, manifest)
+    return path
+
+
+def read_manifest(preset: str = "default", cache_dir: str | Path | None = None) -> dict | None:
+    """The manifest `write_manifest` left for `preset` (None when no run of it has finished)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = root / MANIFEST.format(preset=preset)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _build_ssl(config: StudyConfig, folder: Path) -> None:
