@@ -133,6 +133,20 @@ def fit_logistic_regression(
     direction; torch's L-BFGS skips curvature pairs with y.s < 1e-10). `tolerance` still
     applies to the gradient of the mean form.
     """
+    with _threads_for(features):
+        return _minimise(features, labels, num_classes, c, max_iter, tolerance, init)
+
+
+def _minimise(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    c: float,
+    max_iter: int,
+    tolerance: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fit_logistic_regression`'s L-BFGS run on centred features with the summed loss."""
     n, dim = features.shape
     mean = features.mean(dim=0)  # (D,)
     centred = features - mean  # (N, D)
@@ -161,8 +175,7 @@ def fit_logistic_regression(
         loss.backward()
         return loss
 
-    with _threads_for(centred):
-        optimizer.step(closure)
+    optimizer.step(closure)
     if optimizer.state[weight].get("n_iter", 0) >= max_iter:
         log.warning("probe fit with C=%g stopped at max_iter=%d before converging", c, max_iter)
     weight = weight.detach()
@@ -174,8 +187,9 @@ SMALL_FIT_ELEMENTS = 4_000_000  # CPU fits on fewer feature values run on one th
 
 @contextlib.contextmanager
 def _threads_for(features: torch.Tensor):
-    """One intra-op thread for small CPU fits: each L-BFGS step is a few tiny ops, and with
-    several threads they mostly wait at barriers (2.5x slower on 2 busy cores, 1000 x 64)."""
+    """One intra-op thread for small CPU fits (the whole fit or C search, validation scoring
+    included): each step is a few tiny ops, and with several threads they mostly wait at
+    barriers (2.5x slower on 2 busy cores, 1000 x 64)."""
     if features.device.type != "cpu" or features.numel() > SMALL_FIT_ELEMENTS:
         yield
         return
@@ -287,12 +301,12 @@ def select_and_fit(
         progress.update()
         return {"val_top1": val_top1, "val_loss": val_loss}
 
-    with progress:
+    with progress, _threads_for(fit_x):
         sweep = search_c(evaluate, config)
-    best = best_row(sweep)
-    all_x = torch.cat([fit_x.to(val_x.device), val_x])
-    all_y = torch.cat([fit_y.to(val_y.device), val_y])
-    final = fit_probe(all_x, all_y, num_classes, best["C"], config, init=solutions[best["C"]])
+        best = best_row(sweep)
+        all_x = torch.cat([fit_x.to(val_x.device), val_x])
+        all_y = torch.cat([fit_y.to(val_y.device), val_y])
+        final = fit_probe(all_x, all_y, num_classes, best["C"], config, init=solutions[best["C"]])
     log.info("probe: chose C=%g (val top-1 %.4f, %d fits), refitted on %d examples", best["C"], best["val_top1"], len(sweep), len(all_y))
     return ProbeFit(probe=final, c=best["C"], sweep=sweep)
 
