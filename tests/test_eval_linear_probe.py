@@ -14,6 +14,7 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+import vlbridge.evaluation.linear_probe as lp
 from vlbridge.errors import UserError
 from vlbridge.evaluation.linear_probe import (
     ProbeConfig,
@@ -24,6 +25,7 @@ from vlbridge.evaluation.linear_probe import (
     select_and_fit,
     stratified_split,
 )
+from vlbridge.evaluation.zero_shot import classification_scores
 
 
 def _blobs(n=400, dim=12, classes=5, noise=1.6, seed=0):
@@ -235,3 +237,25 @@ def test_bad_dtypes_are_user_errors():
         select_and_fit(x, y, 3, ProbeConfig(c_steps=2, search_dtype="float16"))
     with pytest.raises(UserError, match="dtype"):
         fit_probe(x, y, 3, 1.0, ProbeConfig(dtype="bfloat"))
+
+
+@pytest.mark.parametrize("limit,expected", [(lp.SMALL_FIT_ELEMENTS, 1), (0, 2)])
+def test_small_searches_run_on_one_thread_and_restore_the_setting(monkeypatch, limit, expected):
+    """Validation scoring inside the search sees one thread for small problems, torch's setting otherwise."""
+    seen = []
+
+    def recording_scores(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return classification_scores(*args, **kwargs)
+
+    monkeypatch.setattr(lp, "classification_scores", recording_scores)
+    monkeypatch.setattr(lp, "SMALL_FIT_ELEMENTS", limit)
+    x, y = _blobs(n=120, dim=6, classes=3, seed=17)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        select_and_fit(x, y, 3, ProbeConfig(c_steps=1, c_min=1.0, c_max=1.0, max_iter=5))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {expected}
