@@ -3,9 +3,12 @@
 Scores the same whitespace-tokenized corpus with pycocoevalcap's Cider, Bleu(4) and Rouge and
 with vlbridge's CIDEr-D, BLEU-1..4 and ROUGE-L, checks that every corpus and per-image score
 agrees to 1e-9, and prints the wall-clock times and the speed ratio (goal: >= 20x).
-Optionally (--ptb) also times the Python PTB tokenizer against the Java one on the same captions.
+Optionally (--raw) also times `score_captions(..., tokenize="none")` on the same strings and on a
+copy whose spaces are partly tabs, double spaces, U+3000 and U+00A0 (ROUGE-L then needs its own
+index: pycocoevalcap's Rouge splits on " " only), checked against pycocoevalcap on those strings;
+(--ptb) also times the Python PTB tokenizer against the Java one on the same captions.
 
-    python bench/metrics.py [--images 5000] [--refs 5] [--repeat 3] [--ptb]
+    python bench/metrics.py [--images 5000] [--refs 5] [--repeat 3] [--raw] [--ptb]
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 
 import numpy as np
 
-from vlbridge.evaluation.metrics.io import score_tokenized
+from vlbridge.evaluation.metrics.io import score_captions, score_tokenized
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink"]
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross", "heart", "diamond", "oval", "arrow"]
@@ -62,6 +65,36 @@ def run_ours(gts, res):
     refs = {k: [s.split() for s in v] for k, v in gts.items()}
     cands = {k: v[0].split() for k, v in res.items()}
     return score_tokenized(refs, cands)
+
+
+def run_raw(gts, res):
+    """What `vlbridge score captions --tokenize none` runs on the strings."""
+    return score_captions(dict(gts), {k: v[0] for k, v in res.items()}, tokenize="none")
+
+
+def roughen(gts, res, seed: int = 1):
+    """The same captions with about a third of the spaces replaced by other whitespace."""
+    rng = random.Random(seed)
+    gaps = [" ", " ", " ", " ", " ", "  ", "\t", "\u3000", "\u00a0"]
+
+    def rough(caption):
+        return "".join(rng.choice(gaps) if c == " " else c for c in caption) + rng.choice(["", "", " "])
+
+    return {k: [rough(c) for c in v] for k, v in gts.items()}, {k: [rough(v[0])] for k, v in res.items()}
+
+
+def bench_raw(gts, res, reference, reference_cpu: float, repeat: int) -> None:
+    plain_wall, plain_cpu, plain = timed(run_raw, gts, res, repeat=repeat)
+    check_agreement(reference, as_arrays(plain, list(gts)))
+    print(f"score_captions(tokenize='none'), single-spaced: {plain_wall:7.3f} s wall, {plain_cpu:7.3f} s CPU "
+          f"({reference_cpu / plain_cpu:.1f}x CPU)")
+    rough_gts, rough_res = roughen(gts, res)
+    rough_reference_wall, rough_reference_cpu, rough_reference = timed(run_reference, rough_gts, rough_res)
+    rough_wall, rough_cpu, rough = timed(run_raw, rough_gts, rough_res, repeat=repeat)
+    worst = check_agreement(rough_reference, as_arrays(rough, list(gts)))
+    print(f"mixed whitespace: pycocoevalcap {rough_reference_wall:7.3f} s wall, {rough_reference_cpu:7.3f} s CPU; "
+          f"vlbridge {rough_wall:7.3f} s wall, {rough_cpu:7.3f} s CPU; agree to {worst:.2e}; "
+          f"{rough_reference_cpu / rough_cpu:.1f}x CPU")
 
 
 def as_arrays(result, ids):
@@ -111,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=5000, help="number of images (default 5000)")
     parser.add_argument("--refs", type=int, default=5, help="references per image (default 5)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of ours; the best counts (default 3)")
+    parser.add_argument("--raw", action="store_true", help="also time score_captions(tokenize='none') on raw strings")
     parser.add_argument("--ptb", action="store_true", help="also time the PTB tokenizers")
     args = parser.parse_args(argv)
     gts, res = make_corpus(args.images, args.refs)
@@ -122,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vlbridge CIDEr-D+BLEU-1..4+ROUGE-L: {ours_wall:7.3f} s wall, {ours_cpu:7.3f} s CPU (best of {args.repeat})")
     print(f"all corpus and per-image scores agree (max abs difference {worst:.2e})")
     print(f"speed ratio: {reference_cpu / ours_cpu:.1f}x CPU time, {reference_wall / ours_wall:.1f}x wall (goal >= 20x)")
+    if args.raw:
+        bench_raw(gts, res, reference, reference_cpu, args.repeat)
     if args.ptb:
         bench_ptb(gts, res)
     return 0

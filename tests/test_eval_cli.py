@@ -70,15 +70,20 @@ def test_zeroshot_openai_templates_on_a_shift(run_dir, tmp_path, capsys):
     assert result["metrics"] == zero_shot_scores(features, classifier, labels)
 
 
-def test_probe_matches_library(run_dir, tmp_path, capsys):
+@pytest.mark.parametrize("refine", [None, 0])
+def test_probe_matches_library(run_dir, tmp_path, capsys, refine):
     argv = ["eval", "probe", "--model", run_dir, "--dataset", "shapes", "--n", "52", "--n-train", "156"]
-    result, printed = _run([*argv, "--c-min", "0.1", "--c-max", "10", "--c-steps", "2", "--seed", "3"], tmp_path, capsys)
+    argv += ["--c-min", "0.1", "--c-max", "10", "--c-steps", "2", "--seed", "3"]
+    result, printed = _run(argv + ([] if refine is None else ["--refine-per-decade", str(refine)]), tmp_path, capsys)
     bundle = load_clip(run_dir)
     train_x, train_y = _features(bundle, load_classification("shapes", "train", 156, 3))
     test_x, test_y = _features(bundle, load_classification("shapes", "test", 52, 3))
-    config = ProbeConfig(c_min=0.1, c_max=10.0, c_steps=2, seed=3)
+    config = ProbeConfig(c_min=0.1, c_max=10.0, c_steps=2, seed=3, refine_per_decade=8 if refine is None else refine)
     assert result["metrics"] == linear_probe(train_x, train_y, test_x, test_y, 52, config)
     assert result["n_train"] == 156 and result["probe_config"]["c_steps"] == 2
+    stages = [row["stage"] for row in result["metrics"]["sweep"]]
+    refined = stages.count("refine")  # 2 decades: 4 halvings, 1 or 2 new C values each (1 at the grid's edges)
+    assert stages.count("coarse") == 2 and (refined == 0 if refine == 0 else 4 <= refined <= 8)
     assert "C " in printed
 
 

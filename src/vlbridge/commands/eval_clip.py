@@ -122,7 +122,13 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-train", type=int, metavar="N", help="train images (default: shapes 2080, others all)")
     parser.add_argument("--c-min", type=float, default=defaults.c_min, help=f"smallest C swept (default {defaults.c_min:g})")
     parser.add_argument("--c-max", type=float, default=defaults.c_max, help=f"largest C swept (default {defaults.c_max:g})")
-    parser.add_argument("--c-steps", type=int, default=defaults.c_steps, help=f"log-spaced C values (default {defaults.c_steps})")
+    parser.add_argument("--c-steps", type=int, default=defaults.c_steps, help=f"log-spaced C values of the coarse sweep (default {defaults.c_steps})")
+    parser.add_argument(
+        "--refine-per-decade",
+        type=int,
+        default=defaults.refine_per_decade,
+        help=f"then binary-search C around the best down to this many steps per decade, 0 = none (default {defaults.refine_per_decade}, CLIP's)",
+    )
     parser.add_argument(
         "--val-fraction",
         type=float,
@@ -227,6 +233,7 @@ def probe_config(args: argparse.Namespace) -> ProbeConfig:
         c_min=args.c_min,
         c_max=args.c_max,
         c_steps=args.c_steps,
+        refine_per_decade=args.refine_per_decade,
         val_fraction=args.val_fraction,
         standardize=args.standardize,
         max_iter=args.max_iter,

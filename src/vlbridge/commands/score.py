@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     captions.add_argument("file", nargs="?", help='JSON {"refs": {id: [str]}, "cands": {id: str}, "domains": {id: str}}')
     captions.add_argument("--coco-annotations", help="COCO captions annotation file (instead of FILE)")
     captions.add_argument("--coco-results", help="COCO results file [{image_id, caption}] (with --coco-annotations)")
-    captions.add_argument("--tokenize", choices=["ptb", "none"], default="ptb", help="ptb: coco-caption PTB pipeline (default); none: whitespace split")
+    captions.add_argument("--tokenize", choices=["ptb", "none"], default="ptb", help="ptb: coco-caption PTB pipeline (default); none: the raw strings, each metric splitting them as pycocoevalcap does")
     captions.add_argument("--out", help="write the full result as JSON here")
     captions.set_defaults(func=run_captions)
 

@@ -44,7 +44,7 @@ class CaptionEvalConfig:
 
     prompt: str = "A picture of"  # text after the image prefix (LiMBeR paper)
     batch_size: int = 16  # images captioned together
-    tokenize: str = "ptb"  # "ptb" (COCO tools' tokenization) or "none" (whitespace)
+    tokenize: str = "ptb"  # "ptb" (COCO tools' tokenization) or "none" (raw strings, split as each pycocoevalcap scorer splits)
 
 
 def image_batch(model, records: Sequence[ImageTextRecord], features: dict[str, torch.Tensor] | None, skips: SkipCounter):

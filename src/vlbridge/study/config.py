@@ -41,7 +41,7 @@ class ClipTableConfig:
     n_train: int = 1000  # probe training images per dataset (seeded subset)
     n_test: int = 500  # evaluation images per dataset (seeded subset)
     templates: str = "dataset"  # zero-shot templates: dataset (its own set if shipped, else simple) | simple | openai | a file
-    probe_c_steps: int = 6  # points of the L2 sweep (1e-3 .. 1e4)
+    probe_c_steps: int = 6  # points of the coarse L2 sweep (ProbeConfig's 1e-6 .. 1e6), then binary search to 1/8 decade
     probe_max_iter: int = 300  # L-BFGS iterations per fit (weakly regularised fits stop here)
     batch_size: int = 64  # images per encoder call
 

@@ -58,8 +58,8 @@ class NgramTable:
 
 
 @dataclass
-class NgramIndex:
-    """A tokenized caption corpus as integer arrays: word ids, sentence lengths, n-gram tables.
+class SentenceIndex:
+    """A tokenized caption corpus as word ids: all ROUGE-L needs, and the base of `NgramIndex`.
 
     Sentences are numbered references first (grouped by image, in image order), then one
     candidate per image; `words[sentence_start[s] : sentence_start[s] + sentence_length[s]]`
@@ -71,9 +71,6 @@ class NgramIndex:
     words: np.ndarray  # (T,) word ids of all sentences, concatenated
     sentence_start: np.ndarray  # (R + N,) offset of each sentence in `words`
     sentence_length: np.ndarray  # (R + N,) number of words of each sentence
-    ref_grams: list[NgramTable]  # one table per order 1..4 over the reference sentences
-    cand_grams: list[NgramTable]  # one table per order 1..4 over the candidates (sentence = image)
-    num_grams: list[int]  # distinct n-grams of each order 1..4 (references and candidates)
     vocab_size: int  # number of distinct words (ids are 0..vocab_size-1)
 
     @property
@@ -95,6 +92,15 @@ class NgramIndex:
     @property
     def refs_per_image(self) -> np.ndarray:
         return np.bincount(self.ref_image, minlength=self.num_images)  # (N,)
+
+
+@dataclass
+class NgramIndex(SentenceIndex):
+    """A `SentenceIndex` plus the 1..4-gram count tables CIDEr-D and BLEU work on."""
+
+    ref_grams: list[NgramTable]  # one table per order 1..4 over the reference sentences
+    cand_grams: list[NgramTable]  # one table per order 1..4 over the candidates (sentence = image)
+    num_grams: list[int]  # distinct n-grams of each order 1..4 (references and candidates)
 
 
 def check_tokenized(refs: dict, cands: dict) -> None:
@@ -125,6 +131,15 @@ def check_tokenized(refs: dict, cands: dict) -> None:
 
 def build_index(refs: dict[str, list[list[str]]], cands: dict[str, list[str]]) -> NgramIndex:
     """Intern words and 1..4-grams of a tokenized corpus (see module docstring); validates inputs."""
+    sentences = index_sentences(refs, cands)
+    ref_grams, cand_grams, num_grams = _ngram_tables(
+        sentences.words, sentences.sentence_length, sentences.sentence_start, sentences.num_refs, max(sentences.vocab_size, 1)
+    )
+    return NgramIndex(**vars(sentences), ref_grams=ref_grams, cand_grams=cand_grams, num_grams=num_grams)
+
+
+def index_sentences(refs: dict[str, list[list[str]]], cands: dict[str, list[str]]) -> SentenceIndex:
+    """Intern the words of a tokenized corpus (no n-grams); validates inputs."""
     check_tokenized(refs, cands)
     ids = list(refs)
     sentences = list(chain.from_iterable(refs[key] for key in ids))
@@ -141,8 +156,7 @@ def build_index(refs: dict[str, list[list[str]]], cands: dict[str, list[str]]) -
     words = np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat))  # (T,)
     lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))  # (S,)
     starts = np.cumsum(lengths) - lengths  # (S,)
-    ref_grams, cand_grams, num_grams = _ngram_tables(words, lengths, starts, len(ref_image), max(len(vocab), 1))
-    return NgramIndex(ids, ref_image, words, starts, lengths, ref_grams, cand_grams, num_grams, len(vocab))
+    return SentenceIndex(ids, ref_image, words, starts, lengths, len(vocab))
 
 
 def run_starts(*keys: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 - `score_captions(refs, cands, tokenize="ptb", domains=None)`: raw caption strings in, all of
   CIDEr-D, BLEU-1..4 and ROUGE-L out (corpus and per image); with `domains`, every domain is
   also scored on its own (document frequencies computed within the domain, "df_scope":
-  "per-domain"), plus "entire" (the whole corpus). Used by the CLI and the study.
+  "per-domain"), plus "entire" (the whole corpus). Used by the CLI and the study. Each metric
+  splits the strings as its pycocoevalcap counterpart does (`rouge_tokens`), so scores equal
+  pycocoevalcap's on raw text too (tabs, runs of spaces, Unicode whitespace).
 - `score_nocaps(...)`: the NoCaps report (in-domain, near-domain, out-domain, entire).
 - Readers: `read_json` (UTF-8, one clear error for bad bytes or JSON), `load_caption_file`
   ({"refs", "cands", "domains"?}), `load_coco_captions` (COCO annotations + results),
@@ -23,13 +25,13 @@ from tqdm import tqdm
 
 from vlbridge.errors import BadInputError
 from vlbridge.evaluation.metrics.bleu import bleu
-from vlbridge.evaluation.metrics.cider import build_index, cider_d
+from vlbridge.evaluation.metrics.cider import build_index, cider_d, index_sentences
 from vlbridge.evaluation.metrics.ptb_tokenizer import ptb_tokenize
 from vlbridge.evaluation.metrics.rouge import rouge_l
 
 log = logging.getLogger(__name__)
 
-TOKENIZERS = ("ptb", "none")  # "ptb": coco-caption PTB pipeline; "none": whitespace split (what the scorers do alone)
+TOKENIZERS = ("ptb", "none")  # "ptb": coco-caption PTB pipeline; "none": the raw strings, split as each scorer splits
 CAPTION_METRICS = ("CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L")
 NOCAPS_DOMAINS = {"in": "in-domain", "near": "near-domain", "out": "out-domain"}  # short name -> report name
 
@@ -64,24 +66,47 @@ def check_captions(refs: Any, cands: Any, domains: Any = None) -> None:
             raise BadInputError(f"{len(missing)} id(s) have no domain (a string), e.g. id {missing[0]!r}")
 
 
-def tokenize_captions(captions: list[str], tokenize: str) -> list[list[str]]:
-    """Token lists of `captions` with the named tokenization ("ptb" or "none").
+def caption_texts(captions: list[str], tokenize: str) -> list[str]:
+    """The strings pycocoevalcap's scorers are handed: PTB output ("ptb") or the captions as they are ("none").
 
-    PTB output is split on whitespace like pycocoevalcap's BLEU and CIDEr do (a U+00A0 inside
-    a token such as "5\u00a01/2" splits it; pycocoevalcap's ROUGE-L alone would keep it whole).
+    PTB output is the tokens joined by single spaces; a token may hold a U+00A0 ("5\u00a07/8").
     """
     if tokenize == "ptb":
         show = sys.stderr.isatty() and len(captions) > 10_000
-        return [ptb_tokenize(c).split() for c in tqdm(captions, desc="PTB tokenization", disable=not show)]
+        return [ptb_tokenize(c) for c in tqdm(captions, desc="PTB tokenization", disable=not show)]
     if tokenize == "none":
-        return [c.split() for c in captions]
+        return list(captions)
     raise BadInputError(f"unknown tokenization {tokenize!r}; expected one of {', '.join(TOKENIZERS)}")
 
 
-def score_tokenized(refs: dict[str, list[list[str]]], cands: dict[str, list[str]]) -> dict[str, Any]:
-    """All caption metrics of an already tokenized corpus: {"corpus": {...}, "per_id": {...}}."""
+def rouge_tokens(texts: list[str], tokens: list[list[str]]) -> list[list[str]] | None:
+    """`str.split(" ")` of `texts`, as pycocoevalcap's ROUGE-L splits, or None where that equals `tokens`.
+
+    CIDEr-D and BLEU take `str.split()` tokens (any Unicode whitespace separates, as in
+    pycocoevalcap's Cider and Bleu; a U+00A0 inside a PTB token such as "5\u00a07/8" splits it).
+    The two splits agree exactly when every text is its tokens joined by single spaces (an empty
+    text gives [] and [""], which ROUGE-L treats alike); otherwise (tabs, runs of spaces, leading
+    or trailing spaces, other Unicode whitespace) ROUGE-L needs its own tokens.
+    """
+    if list(map(" ".join, tokens)) == texts:
+        return None
+    return [text.split(" ") for text in texts]
+
+
+def score_tokenized(
+    refs: dict[str, list[list[str]]],
+    cands: dict[str, list[str]],
+    rouge_refs: dict[str, list[list[str]]] | None = None,
+    rouge_cands: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """All caption metrics of an already tokenized corpus: {"corpus": {...}, "per_id": {...}}.
+
+    ROUGE-L scores `rouge_refs`/`rouge_cands` when given (pycocoevalcap's own split of the same
+    strings), else the tokens CIDEr-D and BLEU score.
+    """
     index = build_index(refs, cands)
-    scores = {"CIDEr-D": cider_d(index=index), **bleu(index=index), "ROUGE-L": rouge_l(index=index)}
+    rouge_index = index if rouge_refs is None else index_sentences(rouge_refs, rouge_cands)
+    scores = {"CIDEr-D": cider_d(index=index), **bleu(index=index), "ROUGE-L": rouge_l(index=rouge_index)}
     corpus = {name: scores[name].corpus for name in CAPTION_METRICS}
     columns = zip(*(scores[name].per_id.values() for name in CAPTION_METRICS))  # per_id dicts share index.ids order
     per_id = {key: dict(zip(CAPTION_METRICS, values)) for key, values in zip(index.ids, columns)}
@@ -96,6 +121,8 @@ def score_captions(
 ) -> dict[str, Any]:
     """CIDEr-D (x10 scale as pycocoevalcap), BLEU-1..4 and ROUGE-L of caption strings.
 
+    Each metric splits the (PTB-tokenized or raw) strings as its pycocoevalcap counterpart does:
+    CIDEr-D and BLEU on any whitespace, ROUGE-L on U+0020 only.
     Returns {"corpus", "per_id", "tokenize", "num_images"} and, with `domains`, "by_domain":
     {domain: corpus metrics of that domain alone, ..., "entire": the whole corpus} with
     "df_scope": "per-domain" (CIDEr-D document frequencies are computed within each domain).
@@ -104,35 +131,35 @@ def score_captions(
     if tokenize not in TOKENIZERS:
         raise BadInputError(f"unknown tokenization {tokenize!r}; expected one of {', '.join(TOKENIZERS)}")
     ids = list(refs)
-    ref_tokens = dict(zip(ids, _split_back([refs[k] for k in ids], tokenize)))
-    cand_tokens = dict(zip(ids, tokenize_captions([cands[k] for k in ids], tokenize)))
+    texts = caption_texts([c for k in ids for c in refs[k]] + [cands[k] for k in ids], tokenize)
+    tokens = [text.split() for text in texts]
+    split_for_rouge = rouge_tokens(texts, tokens)
+    ref_tokens, cand_tokens = _regroup(tokens, ids, refs)
+    rouge = _regroup(split_for_rouge, ids, refs) if split_for_rouge is not None else (None, None)
     if len(ids) == 1:
         log.warning("a single image: CIDEr-D is 0 by construction (idf = ln 1 - ln 1), as in pycocoevalcap")
-    result = {**score_tokenized(ref_tokens, cand_tokens), "tokenize": tokenize, "num_images": len(ids)}
+    result = {**score_tokenized(ref_tokens, cand_tokens, *rouge), "tokenize": tokenize, "num_images": len(ids)}
     if domains is not None:
         by_domain = {}
         for domain in dict.fromkeys(domains[k] for k in ids):  # first-seen order
             subset = [k for k in ids if domains[k] == domain]
             if len(subset) == 1:
                 log.warning("domain %r has a single image: its CIDEr-D is 0 (idf = ln 1 - ln 1), as in pycocoevalcap", domain)
-            by_domain[domain] = {
-                **score_tokenized({k: ref_tokens[k] for k in subset}, {k: cand_tokens[k] for k in subset})["corpus"],
-                "num_images": len(subset),
-            }
+            parts = [None if part is None else {k: part[k] for k in subset} for part in (ref_tokens, cand_tokens, *rouge)]
+            by_domain[domain] = {**score_tokenized(*parts)["corpus"], "num_images": len(subset)}
         by_domain["entire"] = {**result["corpus"], "num_images": len(ids)}
         result["by_domain"] = by_domain
         result["df_scope"] = "per-domain"
     return result
 
 
-def _split_back(groups: list[list[str]], tokenize: str) -> list[list[list[str]]]:
-    """Tokenize a list of caption groups in one pass and regroup them."""
-    flat = tokenize_captions([c for group in groups for c in group], tokenize)
-    out, start = [], 0
-    for group in groups:
-        out.append(flat[start : start + len(group)])
-        start += len(group)
-    return out
+def _regroup(flat: list[list[str]], ids: list[str], refs: dict[str, list[str]]) -> tuple[dict, dict]:
+    """({id: [ref tokens]}, {id: cand tokens}) from the token lists of all references (in id order), then candidates."""
+    ref_groups, start = {}, 0
+    for key in ids:
+        ref_groups[key] = flat[start : start + len(refs[key])]
+        start += len(refs[key])
+    return ref_groups, dict(zip(ids, flat[start:]))
 
 
 def score_nocaps(refs: dict[str, list[str]], cands: dict[str, str], domains: dict[str, str], tokenize: str = "ptb") -> dict[str, Any]:

@@ -5,10 +5,13 @@ P = max over references of LCS / len(candidate), R = max over references of LCS 
 (the two maxima may come from different references), and
 ROUGE-L = (1 + beta^2) P R / (R + beta^2 P), or 0 when P or R is 0. Corpus = mean over images.
 
-Like pycocoevalcap, which splits sentences with `str.split(" ")`, an empty sentence counts as
-one empty token (so an empty candidate against an empty reference scores 1, against anything
-else 0). On single-space-joined token strings this equals pycocoevalcap exactly; it does not
-copy pycocoevalcap's empty tokens from runs of several spaces (tokenization happens before).
+pycocoevalcap splits each sentence with `str.split(" ")` (only U+0020 separates tokens, so
+"a\tb" is one token and "a  b" or " a" hold an empty token ""), unlike its Cider and Bleu,
+which use `str.split()`. Token lists here are whatever the caller split: `io.score_captions`
+passes `str.split(" ")` tokens of the scored strings whenever they differ from the whitespace
+tokens CIDEr-D and BLEU use, which makes ROUGE-L exact on raw text. An empty token list counts
+as one empty token, as `"".split(" ") == [""]` (an empty candidate against an empty reference
+scores 1, against anything else 0).
 
 LCS lengths of all (candidate, reference) pairs are computed at once with the bit-parallel
 algorithm of Hyyro (2004) on uint64 words (the shorter sentence of a pair, up to 64 tokens, is
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlbridge.evaluation.metrics.cider import CorpusScore, NgramIndex, build_index
+from vlbridge.evaluation.metrics.cider import CorpusScore, SentenceIndex, index_sentences
 
 ROUGE_BETA = 1.2  # weight of recall vs precision (pycocoevalcap's value)
 BITS = 64  # sentence length the bit-parallel LCS handles in one uint64 word
@@ -30,11 +33,16 @@ def rouge_l(
     refs: dict[str, list[list[str]]] | None = None,
     cands: dict[str, list[str]] | None = None,
     *,
-    index: NgramIndex | None = None,
+    index: SentenceIndex | None = None,
     beta: float = ROUGE_BETA,
 ) -> CorpusScore:
-    """ROUGE-L of tokenized candidates against references, exactly as pycocoevalcap's Rouge."""
-    index = index if index is not None else build_index(refs, cands)
+    """ROUGE-L of tokenized candidates against references, exactly as pycocoevalcap's Rouge.
+
+    Pass either `refs` and `cands` or a prebuilt index (`index_sentences`, or the `build_index`
+    CIDEr-D and BLEU share); equal to pycocoevalcap on the strings " ".join(tokens) when no
+    token contains U+0020.
+    """
+    index = index if index is not None else index_sentences(refs, cands)
     words, starts, lengths = _with_empty_token(index)
     cand_sentence = index.num_refs + index.ref_image  # (R,) sentence index of each reference's candidate
     ref_sentence = np.arange(index.num_refs)  # (R,)
@@ -51,7 +59,7 @@ def rouge_l(
     return CorpusScore(corpus=float(np.mean(scores)), per_id=dict(zip(index.ids, scores.tolist())))
 
 
-def _with_empty_token(index: NgramIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _with_empty_token(index: SentenceIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Word ids, starts and lengths where each empty sentence is one empty token (id -1)."""
     words = np.append(index.words, -1)  # (T + 1,) the last entry is the empty token
     empty = index.sentence_length == 0
