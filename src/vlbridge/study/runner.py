@@ -102,7 +102,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, ann
 def _build_ssl(config: StudyConfig, folder: Path) -> None:
     from dataclasses import replace
 
-    from vlbridge.training.self_supervised import train_ssl
+    from vlbridge.training.ssl import train_ssl
 
     train_ssl(replace(config.ssl, seed=config.seed, device=config.device), folder)
 
