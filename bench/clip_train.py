@@ -5,7 +5,7 @@ weights on the same synthetic batches (random pixels and token ids), with AdamW,
 cosine, gradient clipping 1.0, fp32 on CPU (bf16 autocast on GPU for both):
 - open_clip: `open_clip_train.train.train_one_epoch` itself, driven by a synthetic
   dataloader object (their loop: scheduler, forward, ClipLoss, backward, clip, step, clamp, logs);
-- vlbridge: `vlbridge.training.loop_utils.contrastive_step` with the optimizer and scheduler
+- vlbridge: `vlbridge.training.clip.contrastive_step` with the optimizer and scheduler
   `train_clip` builds (`make_optimizer`: fused AdamW), data loading excluded on both sides.
 Rounds alternate between the two so machine load hits both alike; the median round of each is
 reported and the ratio vlbridge / open_clip printed (goal >= 1.0).
@@ -116,8 +116,7 @@ def open_clip_round(model, batches, args) -> float:
 
 
 def vlbridge_round(model, batches, args) -> float:
-    from vlbridge.training.contrastive import ClipOptimConfig, make_optimizer
-    from vlbridge.training.loop_utils import contrastive_step
+    from vlbridge.training.clip import ClipOptimConfig, contrastive_step, make_optimizer
     from vlbridge.training.loss import ClipLoss
 
     optim_cfg = ClipOptimConfig(lr=args.lr, weight_decay=args.wd, warmup_steps=args.warmup, grad_clip_norm=args.grad_clip_norm)
@@ -131,7 +130,7 @@ def vlbridge_round(model, batches, args) -> float:
         loss = contrastive_step(model, batch, loss_fn, optimizer, device, 1, optim_cfg.grad_clip_norm)
         scheduler.step()
         if step % args.log_every_n_steps == 0:
-            float(loss)  # the logged value, as train_clip reads it
+            float(loss)  # the logged value, read from the device at log steps as train_clip's loop does
     synchronize(args.device)
     return time.perf_counter() - start
 

@@ -5,7 +5,7 @@
 Setting (the task's reference point): frozen SmolLM2-135M-Instruct (the embedded one; a
 random Llama of the same shape when it is not installed), k = 4 prefix vectors, batch 16,
 shapes-world captions cut to <= 24 tokens, AdamW on the projector, fp32 on CPU (bf16
-autocast on GPU). The step is the real `vlbridge.training.projection.train_step`.
+autocast on GPU). The step is the real `vlbridge.training.limber.train_step` (through `Limber.forward`).
 
 Printed figures:
 1. samples/s with cached features vs with the (frozen) encoder run on pixels every step
@@ -108,12 +108,11 @@ def build_model(lm, encoder, device):
 
 def time_steps(model, make_batch, steps: int, env: DistEnv):
     """(wall s/step, CPU s/step, padded sequence lengths) over `steps` timed steps after one warm-up."""
-    from vlbridge.training import projection
+    from vlbridge.training import limber
     from vlbridge.training.optim import warmup_cosine
 
-    config = projection.LimberTrainConfig()
-    trainable = projection.PrefixModule(model.projector)
-    optimizer = projection.build_optimizer(config, trainable)
+    config = limber.LimberTrainConfig()
+    optimizer = limber.build_optimizer(config, model)
     scheduler = warmup_cosine(optimizer, 10, 1000)
     lengths = []
     for step in range(steps + 1):
@@ -121,10 +120,11 @@ def time_steps(model, make_batch, steps: int, env: DistEnv):
             _sync(env.device)
             wall, cpu = time.perf_counter(), time.process_time()
         batch = make_batch(step)
-        if "pixel_values" in batch:
+        pixels = batch.pop("pixel_values", None)
+        if pixels is not None:  # the frozen encoder runs here; the step sees its features
             with torch.no_grad():
-                batch = {**batch, "image_features": model.encoder(batch["pixel_values"])}
-        projection.train_step(model, trainable, batch, optimizer, scheduler, config, env)
+                batch["image_features"] = model.encoder(pixels)
+        float(limber.train_step(model, batch, optimizer, scheduler, config, env))  # reading the loss completes the step
         lengths.append(PREFIX_TOKENS + max(len(ids) for ids in batch["input_ids"]) + 1)
     _sync(env.device)
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps, lengths[1:]

@@ -27,7 +27,7 @@ WORDS = (
 
 def micro_config(**overrides):
     """A ClipTrainConfig for seconds-long runs: micro ViT, 32 px shapes, no web assets."""
-    from vlbridge.training.contrastive import ClipTrainConfig
+    from vlbridge.training.clip import ClipTrainConfig
 
     base = {
         "model": {"arch": "vl-micro-vit"},

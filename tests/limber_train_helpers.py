@@ -120,7 +120,7 @@ def ddp_train_worker(rank: int, world_size: int, port: int, config_dict: dict, o
     torch.set_num_threads(1)
     from vlbridge.config import from_dict
     from vlbridge.runtime import cleanup, init_distributed
-    from vlbridge.training.projection import LimberTrainConfig, train_limber
+    from vlbridge.training.limber import LimberTrainConfig, train_limber
 
     env = init_distributed("cpu")
     try:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from vlbridge.cli import main
 from vlbridge.config import to_dict
 from vlbridge.models.clip_loading import load_clip
-from vlbridge.training.contrastive import ClipTrainConfig, train_clip
+from vlbridge.training.clip import ClipTrainConfig, train_clip
 
 FAST = ["model.arch=vl-micro-vit", "data.shapes_n=32", "data.shapes_image_size=32", "data.twemoji=false",
         "data.openclipart=false", "eval.n=52", "steps=3", "batch_size=8", "log_every=1", "device=cpu"]
@@ -61,7 +61,11 @@ def test_cli_trains_saves_and_the_run_dir_loads(tmp_path, capsys):
 def test_cli_bad_keys_and_files_are_one_line_errors(tmp_path, capsys):
     cases = [
         (["optim.nope=1"], "unknown config key optim.'nope'"),
-        (["optim.accum_steps=3"], "batch_size (8) must be a positive multiple"),
+        (["grad_accum_steps=3"], "batch_size (8) must be a positive multiple"),
+        (["optim.accum_steps=3"], "batch_size (8) must be a positive multiple"),  # the old name still works
+        (["optim.accum_steps=2", "grad_accum_steps=2"], "both given; keep only grad_accum_steps"),
+        (["optim.grad_clip_norm=0"], "optim.grad_clip_norm must be > 0, or null for no clipping"),
+        (["log_every=0"], "log_every must be >= 1, got 0"),
         (["model.arch=no-such"], "unknown CLIP architecture 'no-such'"),
         (["--config", str(tmp_path / "missing.yaml")], "does not exist"),
     ]
@@ -78,7 +82,7 @@ class Interrupt(Exception):
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     cfg = micro_config(steps=6, checkpoint_every=2)  # augmentation, captions sampling, warmup + cosine all on
 
-    def stop_at_5(step):
+    def stop_at_5(step, _loss):
         if step == 5:
             raise Interrupt
 
@@ -86,8 +90,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     with pytest.raises(Interrupt):
         train_clip(cfg, tmp_path / "cut", on_step=stop_at_5)
     assert not (tmp_path / "cut" / "model.safetensors").exists()
-    summary = train_clip(cfg, tmp_path / "cut", resume="latest")
-    assert summary["start_step"] == 4
+    result = train_clip(cfg, tmp_path / "cut", resume="latest")
+    assert result.start_step == 4 and [s for s, _ in result.losses] == [5, 6]
     full, cut = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(full[k], cut[k]) for k in full)
     assert losses(tmp_path / "full") == losses(tmp_path / "cut")  # rows 5 of the cut run were dropped and redone
@@ -102,13 +106,13 @@ def _ddp_worker(rank, world_size, cfg_dict, run_dir):
 def test_two_processes_with_accumulation_equal_one_process(tmp_path):
     single = micro_config(steps=3)
     train_clip(single, tmp_path / "one")
-    double = micro_config(steps=3, optim={"accum_steps": 2})  # 2 ranks x 2 micro-batches x 2 samples
+    double = micro_config(steps=3, grad_accum_steps=2)  # 2 ranks x 2 micro-batches x 2 samples
     run_processes(_ddp_worker, 2, to_dict(double), str(tmp_path / "two"))
     assert_weights_close(weights(tmp_path / "one"), weights(tmp_path / "two"), 1e-5)
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
 
 
-@pytest.mark.parametrize("change", [{"optim": {"accum_steps": 4}}, {"model": {"grad_checkpointing": True}}])
+@pytest.mark.parametrize("change", [{"grad_accum_steps": 4}, {"model": {"grad_checkpointing": True}}])
 def test_accumulation_and_grad_checkpointing_keep_the_update(tmp_path, change):
     train_clip(micro_config(steps=2), tmp_path / "plain")
     train_clip(micro_config(steps=2, **change), tmp_path / "changed")
@@ -117,10 +121,10 @@ def test_accumulation_and_grad_checkpointing_keep_the_update(tmp_path, change):
 
 def test_bad_samples_are_skipped_counted_and_replaced(tmp_path, monkeypatch):
     records = records_with_bad(10, tmp_path / "bad.png")
-    monkeypatch.setattr("vlbridge.training.contrastive.load_source", lambda cfg: records)
-    summary = train_clip(micro_config(steps=3, batch_size=6), tmp_path / "run")
-    assert sum(summary["skipped"].values()) >= 2  # both bad records come up within 3 x 6 samples
-    assert any("missing image file" in reason for reason in summary["skipped"])
+    monkeypatch.setattr("vlbridge.training.clip.load_source", lambda cfg: records)
+    result = train_clip(micro_config(steps=3, batch_size=6), tmp_path / "run")
+    assert sum(result.skipped.values()) >= 2  # both bad records come up within 3 x 6 samples
+    assert any("missing image file" in reason for reason in result.skipped)
 
 
 def test_lit_training_runs_and_loads(tmp_path):
@@ -141,14 +145,14 @@ def test_webdataset_shards_stream_and_resume_exactly(tmp_path):
                              shard_size=8, progress=False)
     cfg = micro_config(steps=6, checkpoint_every=2, data={"source": summary.read_back, "shuffle_buffer": 6})
 
-    def stop_at_3(step):
+    def stop_at_3(step, _loss):
         if step == 3:
             raise Interrupt
 
     train_clip(cfg, tmp_path / "full")  # 6 x 8 samples: more than two passes over the 20 records
     with pytest.raises(Interrupt):
         train_clip(cfg, tmp_path / "cut", on_step=stop_at_3)
-    assert train_clip(cfg, tmp_path / "cut", resume="latest")["start_step"] == 2
+    assert train_clip(cfg, tmp_path / "cut", resume="latest").start_step == 2
     full, cut = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
@@ -157,7 +161,7 @@ def test_zero_shot_probe_equals_the_evaluation_module():
     from vlbridge.data import shapes
     from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
     from vlbridge.models.clip import create_clip
-    from vlbridge.training.loop_utils import ZeroShotProbe
+    from vlbridge.training.clip import ZeroShotProbe
 
     bundle = create_clip("vl-micro-rn")
     records = shapes.classification_records(104, split="val", seed=1, image_size=32)

@@ -1,5 +1,5 @@
-"""Limber: [P(features) ; caption + EOS] inputs, -100 labels, loss = hand-computed CE, gradients
-only in the projector, checkpoints of projector + config, prompts and captioning.
+"""Limber: [P(features) ; caption + EOS] inputs, -100 labels, forward's loss = hand-computed CE = the
+HF LM's own loss (also per sequence, and with labels), gradients only in the projector, checkpoints of projector + config, prompts and captioning.
 Spec: vlbridge.models.limber (+ caption_images / answer_questions of vlbridge.models.generation)."""
 
 from __future__ import annotations
@@ -77,18 +77,18 @@ def test_training_inputs_layout(lm_dirs):
     captions = [[5, 6], [7, 8, 9, 10], []]
     inputs = model.training_inputs(prefix, captions)
     eos, pad = lm.eos_token_id, lm.pad_token_id
-    assert inputs["inputs_embeds"].shape == (3, 2 + 5, lm.hidden_size)
-    assert torch.equal(inputs["inputs_embeds"][:, :2], prefix)
+    assert inputs.inputs_embeds.shape == (3, 2 + 5, lm.hidden_size)
+    assert torch.equal(inputs.inputs_embeds[:, :2], prefix)
     tokens = torch.tensor([[5, 6, eos, pad, pad], [7, 8, 9, 10, eos], [eos, pad, pad, pad, pad]])
-    assert torch.equal(inputs["inputs_embeds"][:, 2:], lm.embed(tokens))
-    assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]]
-    assert inputs["labels"].tolist() == [
+    assert torch.equal(inputs.inputs_embeds[:, 2:], lm.embed(tokens))
+    assert inputs.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]]
+    assert inputs.labels.tolist() == [
         [-100, -100, 5, 6, eos, -100, -100],
         [-100, -100, 7, 8, 9, 10, eos],
         [-100, -100, eos, -100, -100, -100, -100],
     ]
     already_ended = model.training_inputs(prefix[:1], [[5, 6, eos]])
-    assert already_ended["labels"].tolist() == [[-100, -100, 5, 6, eos]]  # EOS not doubled
+    assert already_ended.labels.tolist() == [[-100, -100, 5, 6, eos]]  # EOS not doubled
 
 
 def test_bos_models_get_one_untrained_bos_first(lm_dirs):
@@ -96,21 +96,81 @@ def test_bos_models_get_one_untrained_bos_first(lm_dirs):
     lm = model.lm
     prefix = torch.randn(2, 2, lm.hidden_size)
     inputs = model.training_inputs(prefix, [[5], [6, 7]])
-    assert inputs["inputs_embeds"].shape[1] == 1 + 2 + 3
-    assert torch.equal(inputs["inputs_embeds"][:, 0], lm.embed(torch.tensor([lm.bos_token_id, lm.bos_token_id])))
-    assert inputs["labels"][:, :3].eq(-100).all() and inputs["attention_mask"][:, :3].eq(1).all()
+    assert inputs.inputs_embeds.shape[1] == 1 + 2 + 3
+    assert torch.equal(inputs.inputs_embeds[:, 0], lm.embed(torch.tensor([lm.bos_token_id, lm.bos_token_id])))
+    assert inputs.labels[:, :3].eq(-100).all() and inputs.attention_mask[:, :3].eq(1).all()
     embeds, mask = build_prompt_embeds(lm, [[prefix[0], "a red"]])
     assert torch.equal(embeds[0, 0], lm.embed(torch.tensor([lm.bos_token_id]))[0])
 
 
 @pytest.mark.parametrize("lm_name", ["gpt2", "bos"])
-def test_loss_equals_hand_computed_cross_entropy(lm_dirs, lm_name):
+def test_forward_loss_equals_hand_computed_cross_entropy(lm_dirs, lm_name):
     model = features_model(lm_dirs[lm_name], num_prefix_tokens=3)
     features = torch.randn(3, FEATURE_DIM)
     captions = model.lm.tokenize(["a red circle", "two shapes: a green triangle and a star", "hi"])
-    loss = model.loss({"image_features": features, "input_ids": captions})
-    expected = reference_loss(model, model.projector(features), captions)
-    assert torch.allclose(loss, expected, atol=1e-5)
+    output = model(image_features=features, input_ids=captions, per_sequence=True)
+    prefix = model.projector(features)
+    assert torch.allclose(output.loss, reference_loss(model, prefix, captions), atol=1e-5)
+    assert int(output.num_tokens) == sum(len(ids) + 1 for ids in captions)  # caption tokens + one EOS each
+    torch.testing.assert_close(output.loss, output.loss_sum / output.num_tokens)
+    assert output.sequence_num_tokens.tolist() == [len(ids) + 1 for ids in captions]
+    for row, ids in enumerate(captions):  # each row's sum: the row alone, unpadded, times its token count
+        alone = reference_loss(model, prefix[row : row + 1], [ids]) * (len(ids) + 1)
+        torch.testing.assert_close(output.sequence_loss_sums[row], alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output.sequence_loss_sums.sum(), output.loss_sum, rtol=1e-5, atol=1e-5)
+    assert output.logits.shape == (3, (1 if model.lm.prepend_bos else 0) + 3 + max(len(c) for c in captions) + 1,
+                                   model.lm.vocab_size)
+    assert model(image_features=features, input_ids=captions).sequence_loss_sums is None  # only when asked
+
+
+@pytest.mark.parametrize("lm_name", ["gpt2", "bos"])
+def test_forward_loss_equals_the_hf_lm_loss_on_the_same_inputs(lm_dirs, lm_name):
+    """The LM's own shifted cross-entropy (HF `labels=`), on the padded batch forward builds."""
+    model = features_model(lm_dirs[lm_name])
+    features = torch.randn(4, FEATURE_DIM)
+    captions = [[5, 6, 7, 8], [9], [10, 11], [12, 13, 14]]
+    output = model(image_features=features, input_ids=captions)
+    inputs = model.training_inputs(model.image_prefix({"image_features": features}), captions)
+    hf = model.lm.model(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, labels=inputs.labels)
+    torch.testing.assert_close(output.loss, hf.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(output.logits, hf.logits)
+
+
+def test_labels_choose_the_scored_tokens(lm_dirs):
+    """labels (layout of input_ids, -100 = not scored): the answer after a question, plus EOS."""
+    model = features_model(lm_dirs["gpt2"])
+    features = torch.randn(2, FEATURE_DIM)
+    questions, answers = [[5, 6], [7]], [[8, 9], [10, 11, 12]]
+    input_ids = [q + a for q, a in zip(questions, answers)]
+    labels = [[-100] * len(q) + a for q, a in zip(questions, answers)]
+    output = model(image_features=features, input_ids=input_ids, labels=labels, per_sequence=True)
+    assert output.sequence_num_tokens.tolist() == [3, 4]  # answer tokens + EOS
+    everything = model(image_features=features, input_ids=input_ids, per_sequence=True)
+    inputs = model.training_inputs(model.image_prefix({"image_features": features}), input_ids)
+    logits = everything.logits  # (B, L, V): position t predicts token t + 1
+    start = model.num_prefix_tokens - 1
+    for row, (q, a) in enumerate(zip(questions, answers)):
+        targets = inputs.labels[row, model.num_prefix_tokens + len(q) : model.num_prefix_tokens + len(q) + len(a) + 1]
+        predicted = logits[row, start + len(q) : start + len(q) + len(a) + 1]
+        expected = F.cross_entropy(predicted, targets, reduction="sum")
+        torch.testing.assert_close(output.sequence_loss_sums[row], expected, rtol=1e-5, atol=1e-5)
+    padded = torch.tensor([[5, 6, 8, 9], [7, 10, 11, 12]])
+    tensor_labels = torch.tensor([[-100, -100, 8, 9], [-100, 10, 11, 12]])
+    from_tensors = model(image_features=features, input_ids=padded, attention_mask=torch.ones_like(padded),
+                         labels=tensor_labels)
+    torch.testing.assert_close(from_tensors.loss, output.loss)
+    with pytest.raises(ValueError, match="labels row has 1 entries for 4 input_ids"):
+        model(image_features=features, input_ids=input_ids, labels=[[1], [2, 3, 4, 5]])
+
+
+def test_forward_rejects_a_batch_without_exactly_one_image_input(lm_dirs):
+    model = features_model(lm_dirs["gpt2"])
+    with pytest.raises(ValueError, match="exactly one of pixel_values and image_features"):
+        model(input_ids=[[5]])
+    with pytest.raises(ValueError, match="exactly one of pixel_values and image_features"):
+        model(pixel_values=torch.rand(1, 3, 8, 8), image_features=torch.randn(1, FEATURE_DIM), input_ids=[[5]])
+    with pytest.raises(ValueError, match="needs input_ids"):
+        model(image_features=torch.randn(1, FEATURE_DIM))
 
 
 def test_padded_tensor_input_ids_give_the_same_loss(lm_dirs):
@@ -120,8 +180,8 @@ def test_padded_tensor_input_ids_give_the_same_loss(lm_dirs):
     padded = torch.tensor([[5, 6, 7], [8, 0, 0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
     assert caption_id_lists({"input_ids": padded, "attention_mask": mask}) == captions
-    from_lists = model.loss({"image_features": features, "input_ids": captions})
-    from_tensor = model.loss({"image_features": features, "input_ids": padded, "attention_mask": mask})
+    from_lists = model(image_features=features, input_ids=captions).loss
+    from_tensor = model(image_features=features, input_ids=padded, attention_mask=mask).loss
     assert torch.equal(from_lists, from_tensor)
 
 
@@ -138,7 +198,7 @@ def test_gradients_reach_only_the_projector_and_training_leaves_the_lm_unchanged
     assert model.projector.training and not model.lm.training and not model.encoder.training
     losses = []
     for _ in range(15):
-        loss = model.loss(batch)
+        loss = model(**batch).loss
         loss.backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
         assert all(p.grad is None for p in model.lm.parameters())

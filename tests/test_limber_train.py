@@ -16,11 +16,12 @@ from safetensors.torch import load_file
 from vlbridge.cli import main
 from vlbridge.errors import UserError
 from vlbridge.models.encoders import module_fingerprint
-from vlbridge.models.limber import TUNED_ENCODER_FILE, load_trained_limber
+from vlbridge.models.limber import TUNED_ENCODER_FILE, Limber, load_trained_limber
 from vlbridge.models.lm import FrozenLM
 from vlbridge.models.registry import build_encoder
-from vlbridge.training import projection
-from vlbridge.training.projection import LimberDataConfig, LimberOptimConfig, LimberTrainConfig, train_limber
+from vlbridge.runtime import DistEnv
+from vlbridge.training import limber as limber_train
+from vlbridge.training.limber import LimberDataConfig, LimberOptimConfig, LimberTrainConfig, train_limber
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def tiny_config(assets, **changes) -> LimberTrainConfig:
         encoder=assets["encoder"],
         lm=assets["lm"],
         batch_size=4,
-        max_steps=6,
+        steps=6,
         checkpoint_every=2,
         log_every=1,
         data=LimberDataConfig(n=16, image_size=32, feature_cache=assets["cache"]),
@@ -51,7 +52,7 @@ def projector_state(model) -> dict:
 
 def test_only_the_projector_trains(assets, tmp_path):
     config = tiny_config(assets)
-    initial = projection.build_limber(config, torch.device("cpu"))
+    initial = limber_train.build_limber(config, torch.device("cpu"))
     result = train_limber(config, tmp_path / "run")
     lm_reference = FrozenLM.from_pretrained(assets["lm"]).parameter_hash()
     assert result.model.lm.parameter_hash() == lm_reference
@@ -68,51 +69,56 @@ def test_only_the_projector_trains(assets, tmp_path):
     reloaded = load_trained_limber(run)
     assert all(torch.equal(v, trained[k]) for k, v in projector_state(reloaded).items())
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 7 and rows[0] == "step,loss,lr"
+    assert len(rows) == 7 and rows[0] == "step,loss,lr,samples_per_s"
     lrs = [float(row.split(",")[2]) for row in rows[1:]]
     assert lrs[:2] == pytest.approx([4e-4, 8e-4])  # linear warmup over 2 steps, then cosine decay
     assert lrs[2] == lrs[1] and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
     assert load_trained_limber(run).config.lm == assets["lm"]
 
 
-def test_step_loss_equals_the_hf_loss_of_the_model(assets):
-    model = projection.build_limber(tiny_config(assets), torch.device("cpu"))
-    batch = {"image_features": torch.randn(3, model.encoder.feature_dim), "input_ids": [[5, 6, 7], [8], [9, 10]]}
-    inputs = model.training_inputs(model.image_prefix(batch), batch["input_ids"])
-    logits = model.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"]).logits
-    loss_sum, count = projection.token_loss_sum(logits, inputs["labels"])
-    assert int(count) == 3 + 1 + 2 + 3  # caption tokens + one EOS each
-    torch.testing.assert_close(loss_sum / count, model.loss(batch), rtol=1e-6, atol=1e-6)
+def test_the_trainer_computes_its_loss_with_limber_forward(assets, tmp_path, monkeypatch):
+    calls = []
+    real_forward = Limber.forward
+
+    def recording(self, **kwargs):
+        output = real_forward(self, **kwargs)
+        calls.append((sorted(k for k, v in kwargs.items() if v is not None), output.loss_sum.detach(), output.num_tokens))
+        return output
+
+    monkeypatch.setattr(Limber, "forward", recording)
+    result = train_limber(tiny_config(assets, steps=2), tmp_path / "run")
+    assert [keys for keys, _, _ in calls] == [["image_features", "input_ids"]] * 2  # one call per step, cached features
+    assert [loss for _, loss in result.losses] == [float(loss_sum / count) for _, loss_sum, count in calls]
 
 
 @pytest.mark.parametrize("accum", [2, 3])
 def test_gradient_accumulation_gives_the_unsplit_update(assets, tmp_path, accum, monkeypatch):
-    whole = train_limber(tiny_config(assets, max_steps=3), tmp_path / "whole")
+    whole = train_limber(tiny_config(assets, steps=3), tmp_path / "whole")
     sizes = []
-    real_micro_loss_sum = projection.micro_loss_sum
+    real_forward = Limber.forward
 
-    def counting(model, trainable, batch):
-        sizes.append(len(batch["input_ids"]))
-        return real_micro_loss_sum(model, trainable, batch)
+    def counting(self, **kwargs):
+        sizes.append(len(kwargs["input_ids"]))
+        return real_forward(self, **kwargs)
 
-    monkeypatch.setattr(projection, "micro_loss_sum", counting)
-    split = train_limber(tiny_config(assets, max_steps=3, grad_accum_steps=accum), tmp_path / f"split{accum}")
+    monkeypatch.setattr(Limber, "forward", counting)
+    split = train_limber(tiny_config(assets, steps=3, grad_accum_steps=accum), tmp_path / f"split{accum}")
     assert sizes == {2: [2, 2], 3: [1, 2, 1]}[accum] * 3  # batch 4 in `accum` micro-batches, every step
     for (step_a, loss_a), (step_b, loss_b) in zip(whole.losses, split.losses, strict=True):
         assert step_a == step_b and loss_a == pytest.approx(loss_b, rel=1e-6)
     for key, value in projector_state(whole.model).items():
         torch.testing.assert_close(projector_state(split.model)[key], value, rtol=1e-5, atol=1e-6)
     assert not torch.equal(projector_state(whole.model)["proj.weight"],
-                           projector_state(projection.build_limber(tiny_config(assets), torch.device("cpu")))["proj.weight"])
+                           projector_state(limber_train.build_limber(tiny_config(assets), torch.device("cpu")))["proj.weight"])
 
 
 def test_split_batch_cuts_every_field_into_contiguous_non_empty_parts():
     batch = {"input_ids": [[1], [2], [3], [4], [5]], "id": list("abcde"), "image_features": torch.arange(5.0)[:, None]}
-    parts = projection.split_batch(batch, 2)
+    parts = limber_train.split_batch(batch, 2)
     assert [p["id"] for p in parts] == [["a", "b"], ["c", "d", "e"]]
     assert torch.equal(torch.cat([p["image_features"] for p in parts]), batch["image_features"])
-    assert [p["input_ids"] for p in projection.split_batch(batch, 8)] == [[[1]], [[2]], [[3]], [[4]], [[5]]]
-    (whole,) = projection.split_batch(batch, 1)
+    assert [p["input_ids"] for p in limber_train.split_batch(batch, 8)] == [[[1]], [[2]], [[3]], [[4]], [[5]]]
+    (whole,) = limber_train.split_batch(batch, 1)
     assert whole["id"] == batch["id"] and torch.equal(whole["image_features"], batch["image_features"])
 
 
@@ -143,16 +149,36 @@ def test_interrupted_and_resumed_equals_uninterrupted(assets, tmp_path):
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_a_run_saved_with_the_old_key_names_still_resumes(assets, tmp_path):
+    config = tiny_config(assets)
+    straight = train_limber(config, tmp_path / "straight")
+
+    def stop_at_5(step, _loss):
+        if step == 5:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        train_limber(config, tmp_path / "old", on_step=stop_at_5)
+    path = tmp_path / "old" / "checkpoints" / "step-00000004.pt"
+    saved = torch.load(path, weights_only=False)
+    old = saved["config"]  # rewrite it as the version before the renames saved it
+    old["max_steps"], old["keep_last"] = old.pop("steps"), old.pop("keep_checkpoints")
+    old["optim"]["grad_clip"] = old["optim"].pop("grad_clip_norm")
+    torch.save(saved, path)
+    resumed = train_limber(config, tmp_path / "old", resume="latest")
+    assert resumed.losses == straight.losses[4:]
+
+
 def test_resume_with_a_different_config_is_refused(assets, tmp_path):
-    train_limber(tiny_config(assets, max_steps=2), tmp_path / "run")
+    train_limber(tiny_config(assets, steps=2), tmp_path / "run")
     with pytest.raises(UserError, match="optim.lr: checkpoint 0.0008, now 0.001"):
-        train_limber(tiny_config(assets, max_steps=2, optim=LimberOptimConfig(lr=1e-3)), tmp_path / "run", resume="latest")
+        train_limber(tiny_config(assets, steps=2, optim=LimberOptimConfig(lr=1e-3)), tmp_path / "run", resume="latest")
     with pytest.raises(UserError, match="no checkpoint '7'"):
-        train_limber(tiny_config(assets, max_steps=2), tmp_path / "run", resume="7")
+        train_limber(tiny_config(assets, steps=2), tmp_path / "run", resume="7")
 
 
 def test_tuned_encoder_changes_and_is_saved(assets, tmp_path):
-    config = tiny_config(assets, tune_encoder=True, max_steps=2, optim=LimberOptimConfig(warmup_steps=0, encoder_lr=1e-2))
+    config = tiny_config(assets, tune_encoder=True, steps=2, optim=LimberOptimConfig(warmup_steps=0, encoder_lr=1e-2))
     before = build_encoder(assets["encoder"])
     result = train_limber(config, tmp_path / "run")
     tuned = result.model.encoder
@@ -185,31 +211,38 @@ def test_cli_trains_and_reports(assets, tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(assets, tmp_path, capsys):
     assert main(["train", "limber", "--out", str(tmp_path)]) == 2
     assert "no image encoder given" in capsys.readouterr().err
     assert main(["train", "limber", "--encoder", "nope:x", "--out", str(tmp_path), "--lm", str(tmp_path)]) == 2
     assert "unknown encoder" in capsys.readouterr().err
+    steps_zero = ["train", "limber", "--encoder", assets["encoder"], "--out", str(tmp_path), "--steps", "0"]
+    assert main(steps_zero) == 2  # steps=0 in a config means "by epochs"; --steps 0 must not quietly do that
+    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert main(["train", "limber", "--encoder", assets["encoder"], "--out", str(tmp_path), "steps=0", "epochs=0"]) == 2
+    assert "nothing to train: steps is 0 (size the run by epochs) and epochs is 0" in capsys.readouterr().err
 
 
 def test_a_non_finite_loss_stops_training_with_a_clear_error(assets, tmp_path, monkeypatch):
-    real = projection.token_loss_sum
+    from vlbridge.models import limber as limber_model
 
-    def poisoned(logits, labels):
-        loss_sum, count = real(logits, labels)
+    real = limber_model.shifted_token_loss
+
+    def poisoned(logits, labels, per_sequence=False):
+        loss_sum, count = real(logits, labels, per_sequence)
         return loss_sum * float("nan"), count
 
-    monkeypatch.setattr(projection, "token_loss_sum", poisoned)
+    monkeypatch.setattr(limber_model, "shifted_token_loss", poisoned)
     with pytest.raises(UserError, match="loss became nan at step 1; try a lower optim.lr"):
-        train_limber(tiny_config(assets, max_steps=2), tmp_path / "run")
+        train_limber(tiny_config(assets, steps=2), tmp_path / "run")
 
 
 def test_projector_starts_at_the_word_embedding_scale(assets):
     from vlbridge.training.projector_init import init_projector
 
     config = tiny_config(assets)
-    model = projection.build_limber(config, torch.device("cpu"))
-    data = projection.prepare_data(config, model, projection.DistEnv())
+    model = limber_train.build_limber(config, torch.device("cpu"))
+    data = limber_train.prepare_data(config, model, DistEnv())
     default_weight = model.projector.proj.weight.detach().clone()
     init_projector(model, data.features, data.caption_ids, dataclasses.replace(config, projector_init="default"))
     assert torch.equal(model.projector.proj.weight, default_weight)  # "default": nn.Linear's init kept
@@ -219,7 +252,7 @@ def test_projector_starts_at_the_word_embedding_scale(assets):
         prefix = model.projector(data.features)  # (N, k, H)
     assert abs(float(prefix.std()) / word_std - 1) < 0.25
     assert torch.count_nonzero(model.projector.proj.bias) == 0
-    again = projection.build_limber(config, torch.device("cpu"))
+    again = limber_train.build_limber(config, torch.device("cpu"))
     init_projector(again, data.features, data.caption_ids, config)
     assert torch.equal(again.projector.proj.weight, model.projector.proj.weight)  # seeded
     with pytest.raises(UserError, match="projector_init must be one of"):

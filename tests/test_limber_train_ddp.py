@@ -6,7 +6,7 @@ import torch.multiprocessing as mp
 from limber_train_helpers import ddp_train_worker, free_port, make_tiny_encoder, make_tiny_lm, one_cpu_thread  # noqa: F401
 
 from vlbridge.config import to_dict
-from vlbridge.training.projection import (
+from vlbridge.training.limber import (
     LimberDataConfig,
     LimberOptimConfig,
     LimberTrainConfig,
@@ -22,7 +22,7 @@ def test_two_processes_equal_one_process(tmp_path, accum):
         encoder=make_tiny_encoder(tmp_path / "encoder") + ":32px",
         lm=str(make_tiny_lm(tmp_path / "lm")),
         batch_size=4,
-        max_steps=4,
+        steps=4,
         checkpoint_every=2,
         data=LimberDataConfig(n=12, image_size=32, feature_cache=str(tmp_path / "features")),
         optim=LimberOptimConfig(warmup_steps=1, lr=5e-3),

@@ -49,9 +49,10 @@ def test_content_key_is_order_independent_and_sensitive():
 
 
 def test_presets_and_overrides():
-    quick = load_study_config("quick", overrides=["limber.train.max_steps=3", "seed=5"])
+    quick = load_study_config("quick", overrides=["limber.train.steps=3", "seed=5"])
     default = load_study_config("default")
-    assert quick.limber.train.max_steps == 3 and quick.seed == 5
+    assert quick.limber.train.steps == 3 and quick.seed == 5
+    assert load_study_config("quick", overrides=["limber.train.max_steps=3", "seed=5"]) == quick  # the old key name
     assert quick.clip.steps < default.clip.steps
     assert list(default.limber.encoders) == ENCODERS
     assert set(default.limber.caption_sets) == {"shapes", "twemoji"}

@@ -40,11 +40,11 @@ def test_paper_preset_is_the_limber_recipe():
         "random-supervised": "random:timm:nf_resnet50:384px",
     }
     train = config.limber.train
-    assert (train.lm, train.lm_dtype, train.max_steps, train.batch_size, train.num_prefix_tokens, train.dropout) == (
+    assert (train.lm, train.lm_dtype, train.steps, train.batch_size, train.num_prefix_tokens, train.dropout) == (
         "{paper.lm}", "bfloat16", 15000, 256, 2, 0.1)
     assert (train.data.dataset, train.data.n) == ("wds:{paper.cc3m_shards}", 0)
     optim = train.optim
-    assert (optim.lr, optim.beta1, optim.beta2, optim.weight_decay, optim.grad_clip, optim.warmup_steps) == (
+    assert (optim.lr, optim.beta1, optim.beta2, optim.weight_decay, optim.grad_clip_norm, optim.warmup_steps) == (
         8e-4, 0.9, 0.95, 0.0, 1.0, 100)
     assert optim.min_lr_ratio == pytest.approx(1 - 15000 / 300000)  # the code's linear decay, at step 15k
     assert list(config.limber.caption_sets) == ["coco", "nocaps"]  # only these, COCO first (the headline)
@@ -61,10 +61,11 @@ def test_apply_preset_equals_merge_when_no_mapping_loses_keys(name):
 
 
 def test_apply_preset_replaces_mapping_fields_whole():
-    tree = {"limber": {"caption_sets": {"only": "shapes?n=4"}, "train": {"max_steps": 3}}}
+    tree = {"limber": {"caption_sets": {"only": "shapes?n=4"}, "train": {"steps": 3}}}
     config = apply_preset(StudyConfig(), tree)
     assert config.limber.caption_sets == {"only": "shapes?n=4"}
-    assert config.limber.train.max_steps == 3
+    assert config.limber.train.steps == 3
+    assert apply_preset(StudyConfig(), {"limber": {"train": {"max_steps": 3}}}).limber.train.steps == 3  # an old key name
     assert config.limber.train.batch_size == StudyConfig().limber.train.batch_size  # dataclasses still merge
 
 
@@ -148,11 +149,11 @@ def test_cli_paper_preset_without_paths_exits_2_with_one_line(tmp_path, capsys):
 def test_dry_run_config_layers_user_file_standins_sizes_then_overrides(tmp_path):
     paths_file = paper.write_paths_config(real_paths(tmp_path / "p"), tmp_path / "paths.yaml")
     user_file = tmp_path / "mine.yaml"
-    user_file.write_text(yaml.safe_dump({"limber": {"vqa_max_questions": 99, "train": {"max_steps": 20000}},
+    user_file.write_text(yaml.safe_dump({"limber": {"vqa_max_questions": 99, "train": {"max_steps": 20000}},  # old key name
                                          "paper": {"lm": "/models/gpt-j"}}))
     config = paper.dry_run_config(paths_file, tmp_path / "out", str(user_file), ["limber.train.batch_size=2"])
     assert config.paper.lm == str(tmp_path / "p" / "lm")  # stand-ins replace the user's paths
-    assert config.limber.train.max_steps == 4 and config.limber.vqa_max_questions == 8  # tiny sizes win over the file
+    assert config.limber.train.steps == 4 and config.limber.vqa_max_questions == 8  # tiny sizes win over the file
     assert config.limber.train.batch_size == 2  # key=value overrides come last
     assert config.cache_dir == str(tmp_path / "out" / "cache")
     assert config.limber.encoders["supervised"] == "timm:nf_resnet50@{paper.nf_resnet50}:64px"

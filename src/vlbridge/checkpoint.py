@@ -36,21 +36,22 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the generators back to `state` (its tensors may have been loaded onto a GPU: they go back to the CPU)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_last: int = 3) -> Path:
-    """Save `state` (+ step, RNG state) as step-XXXXXXXX.pt, point `latest` at it, prune old ones."""
+def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_checkpoints: int = 3) -> Path:
+    """Save `state` (+ step, RNG state) as step-XXXXXXXX.pt, point `latest` at it, keep the newest `keep_checkpoints` (0: all)."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     path = folder / f"step-{step:08d}.pt"
     atomic_torch_save(path, {**state, "step": step, "rng": capture_rng_state()})
     atomic_write_bytes(folder / LATEST, path.name.encode())
-    if keep_last > 0:
-        for old in sorted(folder.glob("step-*.pt"))[:-keep_last]:
+    if keep_checkpoints > 0:
+        for old in sorted(folder.glob("step-*.pt"))[:-keep_checkpoints]:
             old.unlink(missing_ok=True)
     log.info("saved checkpoint %s", path)
     return path

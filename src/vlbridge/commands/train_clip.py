@@ -6,12 +6,13 @@
     torchrun --nproc_per_node 2 -m vlbridge train clip --out runs/clip
 
 Builds a `ClipTrainConfig` (defaults < --config file < key=value overrides), runs
-`vlbridge.training.contrastive.train_clip` and prints a one-line summary on rank 0.
+`vlbridge.training.clip.train_clip` and prints a one-line summary on rank 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vlbridge.config import load_config
-    from vlbridge.training.contrastive import ClipTrainConfig, train_clip
+    from vlbridge.training.clip import ClipTrainConfig, train_clip
 
     config_path = args.config
     saved = args.out / "config.yaml"
@@ -61,14 +62,15 @@ def run(args: argparse.Namespace) -> int:
     if config_path is not None and not Path(config_path).is_file():
         raise UserError(f"config file {config_path} does not exist")
     cfg = load_config(ClipTrainConfig, config_path, args.overrides)
-    summary = train_clip(cfg, args.out, resume=args.resume)
-    if summary.get("run_dir") and _is_main():
-        top1 = summary.get("zeroshot_top1")
+    result = train_clip(cfg, args.out, resume=args.resume)
+    if _is_main():
+        top1 = result.zeroshot_top1
         print(
-            f"trained {summary['steps']} steps in {summary['seconds']:.0f} s: loss {summary.get('loss', float('nan')):.4f}, "
+            f"trained {result.steps} steps in {result.seconds:.0f} s: loss {result.final_loss:.4f}, "
             f"zero-shot top-1 {'n/a' if top1 is None else f'{100 * top1:.1f}%'}, "
-            f"{summary.get('samples_per_s', 0):.0f} samples/s; model in {args.out}"
+            f"{result.samples_per_second:.0f} samples/s; model in {args.out}"
         )
+        summary = dataclasses.asdict(result)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return 0
 

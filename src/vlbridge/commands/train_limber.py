@@ -5,7 +5,7 @@
     vlbridge train limber ... --tune-encoder optim.encoder_lr=1e-5
     torchrun --nproc_per_node 2 -m vlbridge train limber ...   # DDP (gloo on CPU, nccl on GPU)
 
-Options map onto `vlbridge.training.projection.LimberTrainConfig`; a --config file and
+Options map onto `vlbridge.training.limber.LimberTrainConfig`; a --config file and
 trailing key=value overrides set any other field. Prints where the model went and the last loss.
 """
 
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--config", help="YAML/JSON file with LimberTrainConfig fields")
     parser.add_argument("--resume", help="resume from a checkpoint of --out: 'latest', a step number or a file")
     parser.add_argument("--tune-encoder", action="store_true", help="also train the image encoder (on pixels, no cache)")
-    parser.add_argument("--steps", type=int, help="train exactly this many steps (overrides epochs)")
+    parser.add_argument("--steps", type=int, help="train exactly this many steps, at least 1 (default: size the run by epochs)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. optim.lr=8e-4 batch_size=32; grad_accum_steps=4 runs each step "
@@ -47,7 +47,8 @@ def register(subparsers) -> None:
 def build_config(args: argparse.Namespace):
     """LimberTrainConfig from --config, then the options, then key=value overrides (last wins)."""
     from vlbridge.config import load_config, merge, parse_overrides
-    from vlbridge.training.projection import LimberTrainConfig
+    from vlbridge.errors import UserError
+    from vlbridge.training.limber import LimberTrainConfig
 
     options: dict = {}
     if args.encoder:
@@ -59,7 +60,9 @@ def build_config(args: argparse.Namespace):
     if args.tune_encoder:
         options["tune_encoder"] = True
     if args.steps is not None:
-        options["max_steps"] = args.steps
+        if args.steps < 1:  # steps=0 in a config means "size the run by epochs": not what --steps 0 asks for
+            raise UserError(f"--steps must be at least 1 (leave it out to train for `epochs` passes), got {args.steps}")
+        options["steps"] = args.steps
     if args.device:
         options["device"] = args.device
     config = merge(load_config(LimberTrainConfig, args.config), options)
@@ -69,7 +72,7 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from vlbridge.errors import UserError
     from vlbridge.runtime import cleanup, init_distributed
-    from vlbridge.training.projection import train_limber
+    from vlbridge.training.limber import train_limber
 
     config = build_config(args)
     if not config.encoder:

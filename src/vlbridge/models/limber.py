@@ -2,7 +2,7 @@
 
     config = LimberConfig(encoder="timm:resnet18@weights.safetensors", lm="", num_prefix_tokens=4)
     model = Limber.build(config, device="cpu")        # encoder + projector + FrozenLM
-    loss = model.loss({"image_features": f, "input_ids": [[...], ...]})
+    out = model(image_features=f, input_ids=[[...], ...])   # LimberOutput: loss, logits, loss_sum, ...
     model.save("runs/limber/final")                   # projector.safetensors + limber.yaml
     model = Limber.load("runs/limber/final")          # rebuilds encoder and LM from the config
 
@@ -10,6 +10,20 @@ Training sequence per image: [P(features) ; caption tokens ; EOS], right-padded 
 longest caption; labels are -100 on the prefix and the padding, so the loss is the LM's mean
 cross-entropy over caption tokens and EOS. (LMs whose tokenizer starts every text with BOS,
 see `FrozenLM.prepend_bos`, get that BOS embedding first, also with label -100.)
+
+`Limber.forward` is the one place that loss is computed (training and evaluation alike). Batch
+contract:
+- images: `pixel_values` (B, 3, H, W) through the encoder, or cached `image_features` (B, D) /
+  (B, N, D); exactly one of them.
+- `input_ids`: the text after the image prefix, as a list of B token-id lists (ragged), or a
+  (B, T) LongTensor with `attention_mask` (B, T) whose 1s mark the tokens to keep (padding on
+  either side is cut out; no mask = every position is a token). EOS is appended to every
+  sequence that does not already end with it.
+- `labels` (optional): same layout as `input_ids`, -100 where a token is not scored (e.g. a
+  question before its answer); the appended EOS is scored. None scores every token + EOS.
+The output carries the mean `loss`, the `logits`, and `loss_sum` / `num_tokens` so a
+distributed trainer can normalise by the global token count; `per_sequence=True` adds each
+row's token-loss sum and token count (per-caption NLL).
 
 The encoder is optional: with cached features (`image_features` in the batch, from
 `vlbridge.data.features.FeatureStore`) the model needs only `feature_dim` and `pooled`.
@@ -29,8 +43,10 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from transformers.utils import ModelOutput
 
 from vlbridge.config import from_dict, read_mapping, save_config
 from vlbridge.data.records import open_image
@@ -65,6 +81,43 @@ class LimberConfig:
     encoder_id: str = ""  # resolved encoder identity (weights hash); checked when loading
     lm_name: str = ""  # resolved LM name, for reports
     lm_dtype: str = "float32"  # LM weight dtype: float32 | bfloat16 | float16
+
+
+@dataclass
+class LimberOutput(ModelOutput):
+    """What `Limber.forward` returns (a transformers ModelOutput: attribute, key and tuple access)."""
+
+    loss: torch.Tensor | None = None  # () mean next-token cross-entropy over the scored tokens
+    logits: torch.Tensor | None = None  # (B, L, V) LM logits over [BOS? ; prefix ; text]
+    loss_sum: torch.Tensor | None = None  # () float32 sum of the scored tokens' cross-entropies (graph kept)
+    num_tokens: torch.Tensor | None = None  # () long: how many tokens were scored
+    sequence_loss_sums: torch.Tensor | None = None  # (B,) float32 per-sequence sums (per_sequence=True only)
+    sequence_num_tokens: torch.Tensor | None = None  # (B,) long per-sequence scored tokens (per_sequence=True only)
+
+
+@dataclass
+class LimberInputs:
+    """The LM's inputs for image prefix + text: what `Limber.training_inputs` builds."""
+
+    inputs_embeds: torch.Tensor  # (B, L, H), L = [1 +] P + T
+    attention_mask: torch.Tensor  # (B, L) long, 0 on padding
+    labels: torch.Tensor  # (B, L) long, the token each position is (not predicts); -100 = not scored
+
+
+def shifted_token_loss(logits: torch.Tensor, labels: torch.Tensor, per_sequence: bool = False):
+    """Next-token cross-entropy of positions whose label is not -100: (sum, count), or (B,) each per sequence.
+
+    Position t predicts label t+1: the labels are shifted left (with -100 at the end) instead of
+    slicing the logits, which would copy the (B, L, V) tensor forward and backward.
+    """
+    labels = labels.to(logits.device)
+    targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)  # (B, L)
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()  # (B*L, V), a view for float32 logits
+    if per_sequence:
+        losses = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-100, reduction="none")  # (B*L,)
+        return losses.view(targets.shape).sum(dim=1), (targets != -100).sum(dim=1)  # (B,), (B,)
+    loss_sum = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-100, reduction="sum")
+    return loss_sum, (targets != -100).sum()
 
 
 def resolve_lm_path(spec: str) -> Path:
@@ -162,42 +215,82 @@ class Limber(nn.Module):
         bos = torch.full((batch_size, 1), self.lm.bos_token_id, dtype=torch.long, device=self.device)
         return self.lm.embed(bos)  # (B, 1, H)
 
-    def training_inputs(self, prefix: torch.Tensor, caption_ids: Sequence[Sequence[int]]) -> dict:
-        """inputs_embeds (B, P+T, H), attention_mask and labels for captions after the prefix.
+    def training_inputs(self, prefix: torch.Tensor, caption_ids: Sequence[Sequence[int]],
+                        caption_labels: Sequence[Sequence[int]] | None = None) -> LimberInputs:
+        """inputs_embeds (B, L, H), attention_mask and labels for texts after the prefix.
 
-        Each caption gets EOS appended (unless it already ends with EOS); captions are right-padded
-        to the longest; labels are -100 on the prefix and the padding.
+        Each text gets EOS appended (unless it already ends with EOS); texts are right-padded to
+        the longest; labels are -100 on the prefix and the padding. `caption_labels` (one list
+        per text, as long as its ids; -100 = not scored) replace the ids as labels; the appended
+        EOS is scored either way.
         """
-        batch_size, prefix_len, _ = prefix.shape
+        batch_size = prefix.shape[0]
         if len(caption_ids) != batch_size:
             raise ValueError(f"got {len(caption_ids)} captions for a prefix batch of {batch_size}")
         targets = self.caption_targets(caption_ids)
+        scored = targets if caption_labels is None else self._label_rows(caption_ids, caption_labels, targets)
         text_len = max(len(ids) for ids in targets)
         tokens = torch.full((batch_size, text_len), self.lm.pad_token_id, dtype=torch.long)  # (B, T)
+        text_labels = torch.full((batch_size, text_len), -100, dtype=torch.long)  # (B, T)
         text_mask = torch.zeros(batch_size, text_len, dtype=torch.long)  # (B, T)
-        for row, ids in enumerate(targets):
+        for row, (ids, row_labels) in enumerate(zip(targets, scored)):
             tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            text_labels[row, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
             text_mask[row, : len(ids)] = 1
-        tokens, text_mask = tokens.to(self.device), text_mask.to(self.device)
+        tokens, text_mask, text_labels = tokens.to(self.device), text_mask.to(self.device), text_labels.to(self.device)
         front = torch.cat([self._front_embeds(batch_size), prefix.to(self.lm.dtype)], dim=1)  # (B, [1+]P, H)
         inputs_embeds = torch.cat([front, self.lm.embed(tokens)], dim=1)  # (B, [1+]P+T, H)
         front_ones = text_mask.new_ones(batch_size, front.shape[1])
         attention_mask = torch.cat([front_ones, text_mask], dim=1)  # (B, [1+]P+T)
-        labels = torch.cat([torch.full_like(front_ones, -100), tokens.masked_fill(text_mask == 0, -100)], dim=1)
-        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "labels": labels}
+        labels = torch.cat([torch.full_like(front_ones, -100), text_labels], dim=1)  # (B, [1+]P+T)
+        return LimberInputs(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
 
     def caption_targets(self, caption_ids: Sequence[Sequence[int]]) -> list[list[int]]:
         """The tokens each caption is scored on: its ids with EOS appended (unless already last)."""
         eos = self.lm.eos_token_id
         return [list(ids) if list(ids[-1:]) == [eos] else [*ids, eos] for ids in caption_ids]
 
-    def loss(self, batch: dict) -> torch.Tensor:
-        """Mean LM cross-entropy over caption tokens + EOS of a batch (features/pixels + input_ids)."""
-        caption_ids = caption_id_lists(batch)
+    def _label_rows(self, caption_ids, caption_labels, targets) -> list[list[int]]:
+        """Given per-token labels, extended by the EOS that `caption_targets` appended."""
+        if len(caption_labels) != len(caption_ids):
+            raise ValueError(f"got {len(caption_labels)} label rows for {len(caption_ids)} input_ids rows")
+        rows = []
+        for ids, row_labels, target in zip(caption_ids, caption_labels, targets):
+            if len(row_labels) != len(ids):
+                raise ValueError(f"a labels row has {len(row_labels)} entries for {len(ids)} input_ids")
+            rows.append([*row_labels, *target[len(ids):]])
+        return rows
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        input_ids: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        per_sequence: bool = False,
+    ) -> LimberOutput:
+        """Score texts after their images: LM cross-entropy over the text tokens + EOS (module docstring).
+
+        Give `pixel_values` (B, 3, H, W) or `image_features` (B, D) / (B, N, D), and `input_ids`
+        (B token lists, or a (B, T) tensor with `attention_mask`); `labels` in the layout of
+        `input_ids` (-100 = not scored) narrow what is scored. `per_sequence=True` also returns
+        each row's loss sum and token count.
+        """
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("Limber.forward needs exactly one of pixel_values and image_features")
+        if input_ids is None:
+            raise ValueError("Limber.forward needs input_ids (the text after the image prefix)")
+        caption_ids = token_rows(input_ids, attention_mask)
+        caption_labels = None if labels is None else token_rows(labels, attention_mask)
         with autocast(self.device):
-            prefix = self.image_prefix(batch)  # (B, P, H)
-            inputs = self.training_inputs(prefix, caption_ids)
-            return self.lm(**inputs).loss
+            prefix = self.image_prefix({"pixel_values": pixel_values, "image_features": image_features})  # (B, P, H)
+            inputs = self.training_inputs(prefix, caption_ids, caption_labels)
+            logits = self.lm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask).logits  # (B, L, V)
+        loss_sum, num_tokens = shifted_token_loss(logits, inputs.labels)
+        rows = shifted_token_loss(logits, inputs.labels, per_sequence=True) if per_sequence else (None, None)
+        return LimberOutput(loss=loss_sum / num_tokens, logits=logits, loss_sum=loss_sum, num_tokens=num_tokens,
+                            sequence_loss_sums=rows[0], sequence_num_tokens=rows[1])
 
     # ------------------------------------------------------------------ prompts
     def embed_segments(self, prompts: Sequence[Sequence[Segment]]) -> list[list]:
@@ -308,14 +401,18 @@ def caption_id_lists(batch: dict) -> list[list[int]]:
     input_ids = batch.get("input_ids")
     if input_ids is None:
         raise ValueError(f"batch needs 'input_ids' (caption token ids), got keys {sorted(batch)}")
-    if not isinstance(input_ids, torch.Tensor):
-        return [list(map(int, ids)) for ids in input_ids]
-    mask = batch.get("attention_mask")
-    if mask is None:
-        return input_ids.tolist()
-    if tuple(mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"attention_mask {tuple(mask.shape)} must match input_ids {tuple(input_ids.shape)}")
-    return [ids[row_mask.bool()].tolist() for ids, row_mask in zip(input_ids.cpu(), mask.cpu())]
+    return token_rows(input_ids, batch.get("attention_mask"))
+
+
+def token_rows(values: torch.Tensor | Sequence[Sequence[int]], attention_mask: torch.Tensor | None = None) -> list[list[int]]:
+    """Rows of token ids (or labels) as lists: lists as they are; a (B, T) tensor cut by `attention_mask` (B, T)."""
+    if not isinstance(values, torch.Tensor):
+        return [list(map(int, row)) for row in values]
+    if attention_mask is None:
+        return values.tolist()
+    if tuple(attention_mask.shape) != tuple(values.shape):
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(values.shape)}")
+    return [row[row_mask.bool()].tolist() for row, row_mask in zip(values.cpu(), attention_mask.cpu())]
 
 
 def build_prompt_embeds(lm: FrozenLM, rows: Sequence[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ output stride 16 (1.2 M parameters). A 64 px shapes-world image gives a 256-d po
 and a 4x4 grid. For training,
 `SimCLRModel` adds the SimCLR projection head (Linear-BN-ReLU-Linear) that NT-Xent is computed
 on; the head is thrown away afterwards, as in SimCLR (features before the head transfer better).
-Training lives in `vlbridge.training.self_supervised`.
+Training lives in `vlbridge.training.ssl`.
 
 Checkpoint = a folder:
     DIR/model.safetensors   backbone weights (no head)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from vlbridge.evaluation.robustness import LabelledFeatures, robustness_scores
 from vlbridge.evaluation.templates import templates_for
 from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
 from vlbridge.study.config import StudyConfig
-from vlbridge.training.contrastive import train_clip
+from vlbridge.training.clip import train_clip
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 def build_clip(config: StudyConfig, folder: Path) -> None:
     """Train the study's CLIP into `folder` (load it back with load_clip(folder)).
 
-    summary.json is train_clip's summary without its run_dir: `folder` is a temporary name that
+    summary.json is train_clip's result without its run_dir: `folder` is a temporary name that
     the stage cache renames, and the stage folder holding summary.json is the run dir.
     """
-    summary = train_clip(replace(config.clip, seed=config.seed, device=config.device), folder)
+    result = train_clip(replace(config.clip, seed=config.seed, device=config.device), folder)
+    summary = asdict(result)
     summary.pop("run_dir", None)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any
 
-from vlbridge.config import from_dict, merge, parse_overrides, read_mapping, to_dict
+from vlbridge.config import from_dict, merge, parse_overrides, read_mapping, rename_keys, to_dict
 from vlbridge.errors import UserError
 from vlbridge.study.presets import PRESETS
 from vlbridge.evaluation.vqa import QUESTION_TEMPLATE
-from vlbridge.training.contrastive import ClipTrainConfig
-from vlbridge.training.projection import LimberTrainConfig
-from vlbridge.training.self_supervised import SSLTrainConfig
+from vlbridge.training.clip import ClipTrainConfig
+from vlbridge.training.limber import LimberTrainConfig
+from vlbridge.training.ssl import SSLTrainConfig
 
 DEFAULT_ENCODERS = {  # study key -> encoder spec; {clip} / {ssl} are filled with the trained runs
     "clip": "clip:{clip}",
@@ -126,7 +126,7 @@ def apply_preset(config: StudyConfig, tree: dict[str, Any]) -> StudyConfig:
     come after the default "shapes" and "twemoji" sets.)
     """
     data = to_dict(config)
-    _replace_mappings(data, tree, config)
+    _replace_mappings(data, rename_keys(type(config), tree), config)
     return from_dict(StudyConfig, data)
 
 

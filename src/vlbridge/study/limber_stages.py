@@ -22,7 +22,7 @@ from vlbridge.errors import AssetMissingError
 from vlbridge.study.config import StudyConfig
 from vlbridge.runtime import resolve_device
 from vlbridge.models.limber import load_trained_limber
-from vlbridge.training.projection import train_limber
+from vlbridge.training.limber import train_limber
 
 log = logging.getLogger(__name__)
 

@@ -182,7 +182,7 @@ def dry_run(out_dir: str | Path, config_path: str | None, overrides: list[str] |
         print(f"paper dry run FAILED after {seconds:.0f}s: no {', '.join(missing)} in {out_dir}")
         return 1
     print(f"paper dry run passed in {seconds:.0f}s: {len(config.limber.encoders)} encoders "
-          f"({', '.join(config.limber.encoders)}) trained {config.limber.train.max_steps} steps each into GPT-J, "
+          f"({', '.join(config.limber.encoders)}) trained {config.limber.train.steps} steps each into GPT-J, "
           f"captioned {' + '.join(config.limber.caption_sets)}, VQA at {'/'.join(map(str, config.limber.shots))} "
           f"shots + blind; paths config {paths_file}; report {out_dir / 'report.html'}")
     return 0

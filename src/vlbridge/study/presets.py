@@ -60,9 +60,9 @@ PAPER_PRESET: dict[str, Any] = {
             "dropout": 0.1,  # image_embed_dropout_prob
             "projector_init": "default",  # nn.Linear's init, as the paper's code (15k steps make up for it)
             "batch_size": 256,  # the configs' batch_size (global)
-            "max_steps": 15000,  # train_steps
+            "steps": 15000,  # train_steps
             "data": {"dataset": "wds:{paper.cc3m_shards}", "n": 0},  # all of CC3M
-            "optim": {"lr": 8e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.0, "grad_clip": 1.0,
+            "optim": {"lr": 8e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.0, "grad_clip_norm": 1.0,
                       "warmup_steps": 100, "min_lr_ratio": 0.95},
         },
         "caption_sets": {
@@ -78,7 +78,7 @@ PAPER_PRESET: dict[str, Any] = {
 
 DRY_RUN_SIZES: dict[str, Any] = {  # on top of the recipe: seconds per stage on a CPU
     "limber": {
-        "train": {"max_steps": 4, "batch_size": 4, "log_every": 1, "optim": {"warmup_steps": 1},
+        "train": {"steps": 4, "batch_size": 4, "log_every": 1, "optim": {"warmup_steps": 1},
                   "data": {"extract_batch_size": 8}},
         "vqa_max_questions": 8,
         "batch_size": 8,
@@ -94,7 +94,7 @@ CPU_PRESETS: dict[str, dict[str, Any]] = {
         "ssl": {"steps": 6, "batch_size": 16, "n_images": 64},
         "clip_table": {"datasets": ["shapes", "fashion-mnist"], "shifts": ["sketch"],
                        "n_train": 104, "n_test": 52, "probe_c_steps": 2, "probe_max_iter": 50},
-        "limber": {"train": {"max_steps": 6, "batch_size": 8, "data": {"n": 64}, "projector_init": "caption-ridge",
+        "limber": {"train": {"steps": 6, "batch_size": 8, "data": {"n": 64}, "projector_init": "caption-ridge",
                              "num_prefix_tokens": 8},
                    "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&n=3"},
                    "vqa_queries": "shapes?split=test&n=2", "vqa_max_questions": 4,
@@ -109,7 +109,7 @@ CPU_PRESETS: dict[str, dict[str, Any]] = {
         # the frozen LM dominates (~3.3 s per step of 16 captions on 2 cores): the projector starts
         # from the closed-form caption-ridge fit on 768 images, then 8 gradient steps through the LM;
         # 8 prefix vectors hold a whole short caption (CIDEr-D of the CLIP projector 0.25, against 0.08 with 4)
-        "limber": {"train": {"max_steps": 8, "batch_size": 16, "data": {"n": 768}, "num_prefix_tokens": 8,
+        "limber": {"train": {"steps": 8, "batch_size": 16, "data": {"n": 768}, "num_prefix_tokens": 8,
                              "projector_init": "caption-ridge", "optim": {"lr": 1e-4, "warmup_steps": 2}},
                    "caption_sets": {"shapes": "shapes?split=test&n=48", "twemoji": "twemoji?split=test&n=16"},
                    "vqa_queries": "shapes?split=test&n=8", "vqa_max_questions": 20,

@@ -131,7 +131,7 @@ def read_manifest(preset: str = "default", cache_dir: str | Path | None = None) 
 def _build_ssl(config: StudyConfig, folder: Path) -> None:
     from dataclasses import replace
 
-    from vlbridge.training.self_supervised import train_ssl
+    from vlbridge.training.ssl import train_ssl
 
     train_ssl(replace(config.ssl, seed=config.seed, device=config.device), folder)
 

@@ -1,1 +1,1 @@
-"""Training: distributed set-up, checkpoints, the CLIP and LiMBeR training loops."""
+"""Training: the shared loop (loop.py) and the CLIP (clip.py), LiMBeR (limber.py) and SSL (ssl.py) trainers."""
