@@ -122,13 +122,36 @@ def test_shapes_views_equal_the_shapes_api():
     ("shapes?domain=out", "classification", "domain= and max_objects= do not apply"),
     ("shapes?shift=blur", "vqa", "unshifted images; drop shift="),
     ("twemoji?split=val", "image_text", "'twemoji' has splits train, test; got split='val'"),
+    ("fashion-mnist?split=val", "classification", "'fashion-mnist' has splits train, test; got split='val'"),
+    ("openclipart?split=dev", "image_text", "'openclipart' has splits train, test; got split='dev'"),
+    ("animal-silhouettes?split=validation", "image_text", "'animal-silhouettes' has splits train, test"),
     ("fashion-mnist", "vqa", "has no VQA questions"),
     ("folder:/nowhere", "vqa", "has no VQA questions"),
     ("vqav2:/q.json", "image_text", "holds VQA questions, not captions"),
 ])
 def test_wrong_split_option_or_task_is_a_user_error(spec, task, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as error:
         load_dataset(spec, task)
+    assert "\n" not in str(error.value)
+
+
+def test_a_count_below_one_is_the_same_user_error_at_every_entry_point():
+    from vlbridge.commands.extract import load_image_records
+    from vlbridge.training import limber_data
+
+    message = r"(n|first)=? is a number of records and must be a whole number >= 1, got (0|-1)"
+    attempts = [
+        lambda: load_dataset("jsonl:x.jsonl?n=0"),
+        lambda: load_dataset("shapes", n=0),
+        lambda: load_dataset("twemoji?first=-1"),
+        lambda: load_image_records("shapes", "train", n=0),
+        lambda: limber_data.load_caption_records("jsonl:x.jsonl?n=-1", "train"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(UserError, match=message):
+            attempt()
+    with pytest.raises(UserError, match="data.n is a number of records"):  # the config's 0 means "all"
+        limber_data.load_caption_records("shapes", "train", n=-1)
 
 
 # ------------------------------------------------------------------------------------ stored data
