@@ -4,6 +4,8 @@
 (32 px images, 16-d embeddings) wrapped in a ClipBundle with open_clip's eval transform and
 BPE tokenizer. `save_tiny_run(dir)` writes the same model as a vlbridge CLIP run directory,
 which the CLI tests load back through the real `vlbridge.models.clip_loading.load_clip`.
+`legacy_embed_records(bundle, records)` is the pixel loop `vlbridge eval` ran before its features
+went through the FeatureStore, kept as the reference they must equal bit for bit.
 `single_thread` keeps torch and BLAS on one thread (the test machine's 2 cores are shared;
 OpenMP/OpenBLAS spinning under contention makes tiny ops ~50x slower).
 """
@@ -13,6 +15,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import torch.nn.functional as F
+
+from vlbridge.data.records import BadImage, open_image, to_rgb
 from vlbridge.models.bundle import ClipBundle
 
 IMAGE_SIZE = 32  # input side of the tiny ViT
@@ -63,3 +68,23 @@ def single_thread():
     with threadpool_limits(limits=1):
         yield
     torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def legacy_embed_records(bundle: ClipBundle, records, batch_size: int = 64) -> tuple[torch.Tensor, list[int]]:
+    """((K, E) unit image embeddings, kept positions): the former evaluation.features_io.embed_records
+    with the former ClipBundle.embed_images inlined (open, skip, encode_image per window of records)."""
+    chunks, kept = [], []
+    bundle.model.eval()
+    for start in range(0, len(records), batch_size):
+        images = []
+        for offset, record in enumerate(records[start : start + batch_size]):
+            try:
+                images.append(open_image(record.image))
+            except BadImage:
+                continue
+            kept.append(start + offset)
+        if images:
+            batch = torch.stack([bundle.preprocess(to_rgb(image)) for image in images])
+            chunks.append(F.normalize(bundle.model.encode_image(batch.to(bundle.device)).float().cpu(), dim=-1))
+    return torch.cat(chunks), kept

@@ -145,41 +145,45 @@ def test_worker_processes_give_the_same_batches(bundle):
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["id"] == b["id"]
 
 
-def test_dataset_specs_and_query_word_filter_go_through_formats(monkeypatch):
-    """vlbridge.data.formats is another engineer's module: a stand-in checks the wiring to it."""
-    import sys
-    import types
+def test_dataset_specs_and_query_word_filter_go_through_the_resolver(monkeypatch):
+    """Every source, the embedded composite's parts included, is read by datasets.load_dataset."""
+    from vlbridge.data import datasets, shapes
 
-    calls = []
-    fake = types.ModuleType("vlbridge.data.formats")
+    calls, filtered = [], []
     web = records(4)
+    real_load_dataset = datasets.load_dataset
 
-    def load_image_text(spec):
-        calls.append(spec)
-        return list(web) if spec == "list-spec" else (r for r in web)
+    def load_dataset(spec, task="image_text", **request):
+        calls.append((spec, task, request))
+        if spec == "list-spec":
+            return datasets.Dataset(spec, None, list(web))
+        if spec == "stream-spec":
+            return datasets.Dataset(spec, None, (r for r in web))
+        if spec in ("twemoji", "openclipart"):
+            return datasets.Dataset(spec, "train", list(web) if spec == "twemoji" else [])
+        return real_load_dataset(spec, task, **request)
 
     def filter_by_query_words(items, top_m):
         items = list(items)
-        calls.append(("filter", [r.id for r in items], top_m))
+        filtered.append(([r.id for r in items], top_m))
         return items[:top_m]
 
-    fake.load_image_text, fake.filter_by_query_words = load_image_text, filter_by_query_words
-    monkeypatch.setitem(sys.modules, "vlbridge.data.formats", fake)
-    import vlbridge.data
-
-    # `from vlbridge.data import formats` reads the package attribute once the real module is imported
-    monkeypatch.setattr(vlbridge.data, "formats", fake, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(clip_data, "filter_by_query_words", filter_by_query_words)
     assert [r.id for r in clip_data.load_source(ClipDataConfig(source="list-spec"))] == [r.id for r in web]
     factory = clip_data.load_source(ClipDataConfig(source="stream-spec"))
     assert callable(factory) and [r.id for r in factory()] == [r.id for r in web]  # streamed, reopened per epoch
     assert [r.id for r in clip_data.load_source(ClipDataConfig(source="stream-spec", query_top_m=2))] == ["r0", "r1"]
-    from vlbridge.data import embedded
-
-    monkeypatch.setattr(embedded, "twemoji_records", lambda **kwargs: web)
-    monkeypatch.setattr(embedded, "openclipart_records", lambda **kwargs: [])
+    assert calls == [("list-spec", "image_text", {}), ("stream-spec", "image_text", {}),
+                     ("stream-spec", "image_text", {}), ("stream-spec", "image_text", {})]
+    calls.clear()
     mixed = clip_data.load_source(ClipDataConfig(shapes_n=3, shapes_image_size=32, query_top_m=1))
     assert len(mixed) == 4 and mixed[-1].id == "r0"  # shapes untouched, web records filtered
-    assert calls[-1] == ("filter", [r.id for r in web], 1)
+    assert filtered[-1] == ([r.id for r in web], 1)
+    assert calls == [("shapes?max_objects=2", "image_text", {"split": "train", "n": 3, "seed": 0, "image_size": 32}),
+                     ("twemoji", "image_text", {"split": "train"}), ("openclipart", "image_text", {"split": "train"})]
+    direct = shapes.image_text_records(3, split="train", seed=0, image_size=32, max_objects=2)
+    assert [(r.id, r.captions, r.image.tobytes()) for r in mixed[:3]] == [(r.id, r.captions, r.image.tobytes()) for r in direct]
 
 
 def test_oversized_files_are_refused_before_decoding(bundle, tmp_path):

@@ -2,18 +2,19 @@
 
 A tiny random CLIP is saved as a vlbridge run directory and loaded by the real `load_clip`;
 every number the command writes is compared with the pure evaluation functions run on the
-same model and data.
+same model and data, embedded by the pixel loop the commands ran before their features went
+through the FeatureStore (`eval_helpers.legacy_embed_records`): the numbers must not move.
 """
 
 import json
 
 import pytest
 import torch
-from eval_helpers import save_tiny_run, single_thread  # noqa: F401  (autouse fixture)
+from eval_helpers import legacy_embed_records, save_tiny_run, single_thread  # noqa: F401  (autouse fixture)
 from PIL import Image
 
 from vlbridge.cli import main
-from vlbridge.evaluation.features_io import embed_records, load_captioned, load_classification
+from vlbridge.data.datasets import load_dataset
 from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe
 from vlbridge.evaluation.retrieval import retrieval_scores
 from vlbridge.evaluation.robustness import LabelledFeatures, evaluate_robustness
@@ -29,13 +30,17 @@ def run_dir(tmp_path_factory):
 
 def _run(argv, tmp_path, capsys):
     out = tmp_path / "result.json"
-    assert main([*argv, "--device", "cpu", "--out", str(out)]) == 0
+    assert main([*argv, "--device", "cpu", "--out", str(out), "--cache", str(tmp_path / "features")]) == 0
     printed = capsys.readouterr().out
     return json.loads(out.read_text()), printed
 
 
+def load_classification(spec, split, n, seed):
+    return load_dataset(spec, "classification", split=split, n=n, seed=seed)
+
+
 def _features(bundle, data):
-    features, kept = embed_records(bundle, data.records)
+    features, kept = legacy_embed_records(bundle, data.records)
     return features, data.labels(kept)
 
 
@@ -90,8 +95,8 @@ def test_probe_matches_library(run_dir, tmp_path, capsys, refine):
 def test_retrieval_matches_library(run_dir, tmp_path, capsys):
     result, printed = _run(["eval", "retrieval", "--model", run_dir, "--dataset", "shapes", "--n", "12"], tmp_path, capsys)
     bundle = load_clip(run_dir)
-    records = load_captioned("shapes", "test", 12, 0)
-    images, _ = embed_records(bundle, records)
+    records = load_dataset("shapes", "image_text", split="test", n=12).records
+    images, _ = legacy_embed_records(bundle, records)
     texts = [caption for record in records for caption in record.captions]
     owners = [i for i, record in enumerate(records) for _ in record.captions]
     assert result["metrics"] == retrieval_scores(images, bundle.embed_texts(texts), owners)
@@ -152,8 +157,10 @@ def test_open_clip_state_dict_with_arch(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["zeroshot", "--dataset", "mnist-please"], "unknown dataset 'mnist-please'"),
-        (["zeroshot", "--dataset", "shapes-shift:rain"], "shapes-shift:<name> needs a shift in"),
+        (["zeroshot", "--dataset", "mnist-please"], "unknown dataset spec 'mnist-please'"),
+        (["zeroshot", "--dataset", "shapes-shift:rain"], "shift= expects one of sketch, noisy, blur, invert"),
+        (["zeroshot", "--dataset", "shapes", "--n", "0"], "whole number >= 1, got 0"),
+        (["probe", "--dataset", "shapes?split=test"], "fixes split=test, but split 'train' is read here"),
         (["zeroshot", "--dataset", "shapes", "--templates", "nope"], "--templates expects one of"),
         (["robustness", "--dataset", "imagefolder:/nowhere"], "needs at least one --shift"),
         (["probe", "--dataset", "shapes", "--device", "gpu0"], "--device expects"),

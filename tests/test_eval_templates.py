@@ -60,7 +60,7 @@ def test_per_dataset_templates_use_a_shipped_set_or_simple():
     from vlbridge.evaluation.templates import load_templates, templates_for
 
     assert templates_for("dataset", "shapes") == ("shapes", load_templates("shapes"))
-    assert templates_for("dataset", "shapes-shift:blur")[0] == "shapes"
+    assert templates_for("dataset", "shapes-shift:blur")[0] == templates_for("dataset", "shapes?shift=blur&n=5")[0] == "shapes"
     assert templates_for("dataset", "fashion-mnist") == ("simple", ["a photo of a {}."])
     assert templates_for("dataset", "imagefolder:/data/x")[0] == "simple"
     assert templates_for("openai", "shapes")[0] == "openai" and len(templates_for("openai", "shapes")[1]) == 80

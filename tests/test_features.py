@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from vlbridge.cli import main
-from vlbridge.data.features import FeatureStore, encode_records
+from vlbridge.data.features import FeatureStore, extract_features
 from vlbridge.data.records import ImageTextRecord, VQARecord
 from vlbridge.models.registry import build_encoder
 
@@ -173,8 +173,9 @@ def test_grid_features_and_float16_storage(tmp_path, weights):
     expected = direct(encoder, records)  # (4, 4, C)
     assert features["img000"].shape == (encoder.num_tokens, encoder.feature_dim) == expected.shape[1:]
     assert torch.allclose(torch.stack(list(features.values())), expected.half().float())
-    ids, tensor, skipped = encode_records(encoder, records, batch_size=3)
-    assert ids == [r.id for r in records] and torch.allclose(tensor, expected, atol=1e-6) and skipped == {}
+    out = extract_features(encoder, [r.image for r in records], [r.id for r in records], batch_size=3)
+    assert out.ids == [r.id for r in records] and out.kept == [0, 1, 2, 3] and out.skipped == {}
+    assert torch.allclose(out.features, expected, atol=1e-6)
 
 
 def test_extract_command_end_to_end(tmp_path, weights, capsys):

@@ -34,6 +34,7 @@ from formats_helpers import (
 from vlbridge.data import formats
 from vlbridge.data.records import ImageTextRecord, SkipCounter
 from vlbridge.data.shapes import classification_records, image_text_records, vqa_records, write_dataset
+from vlbridge.data.subsets import seeded_subset
 from vlbridge.errors import UserError
 
 
@@ -211,19 +212,23 @@ def test_classification_keeps_labelled_records_of_any_format(tmp_path, records):
 
 
 def test_embedded_names_call_the_embedded_readers(monkeypatch):
+    """first= goes to the reader (its first records); n= is a seeded subset of what it returns."""
     from vlbridge.data import embedded
 
     calls = []
-    fake = [ImageTextRecord("e1", b"", ["x"], "cat")]
+    fake = [ImageTextRecord(f"e{i}", b"", ["x"], "cat", "train") for i in range(10)]
     for name in ("twemoji_records", "openclipart_records", "animal_silhouette_records"):
-        monkeypatch.setattr(embedded, name, lambda split=None, seed=0, n=None, _name=name: calls.append((_name, split, seed, n)) or fake)
-    monkeypatch.setattr(embedded, "fashion_mnist_records", lambda split="test", n=None: calls.append(("fashion", split, n)) or fake)
-    assert formats.load_image_text("twemoji?split=train&seed=2&n=5") == fake
+        monkeypatch.setattr(embedded, name, lambda split=None, seed=0, n=None, _name=name: calls.append((_name, split, seed, n)) or fake[:n])
+    monkeypatch.setattr(embedded, "fashion_mnist_records", lambda split="test", n=None: calls.append(("fashion", split, n)) or fake[:n])
+    assert formats.load_image_text("twemoji?split=train&seed=2&first=5") == fake[:5]
+    assert formats.load_image_text("twemoji?split=train&seed=2&n=5") == seeded_subset(fake, 5, 2)
     formats.load_image_text("openclipart")
     formats.load_image_text("animal-silhouettes?split=test")
-    assert formats.load_classification("fashion-mnist?n=3") == fake
-    assert calls == [("twemoji_records", "train", 2, 5), ("openclipart_records", None, 0, None),
-                     ("animal_silhouette_records", "test", 0, None), ("fashion", "test", 3)]
+    assert formats.load_classification("fashion-mnist?split=test&first=3") == fake[:3]
+    formats.load_image_text("fashion-mnist")
+    assert calls == [("twemoji_records", "train", 2, 5), ("twemoji_records", "train", 2, None),
+                     ("openclipart_records", None, 0, None), ("animal_silhouette_records", "test", 0, None),
+                     ("fashion", "test", 3), ("fashion", "train", None), ("fashion", "test", None)]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -232,6 +237,10 @@ def test_embedded_names_call_the_embedded_readers(monkeypatch):
     ("csv:", "expected a path"),
     ("csv:a.csv?colour=red", "unknown option 'colour'"),
     ("shapes?n=many", "whole number"),
+    ("shapes?n=0", "whole number >= 1"),
+    ("twemoji?first=-2", "whole number >= 1"),
+    ("twemoji?n=2&first=2", "not both"),
+    ("shapes?first=3", "unknown option 'first'"),
 ])
 def test_bad_specs_raise_user_errors(spec, message):
     with pytest.raises(UserError, match=message):

@@ -189,7 +189,7 @@ def test_coco_karpathy_bad_entries_and_split_without_karpathy(tmp_path, records)
     (tmp_path / "captions_custom.json").write_text(path.read_text())
     with pytest.raises(UserError, match="split=test needs karpathy=FILE"):
         formats.load_image_text(f"coco:{tmp_path / 'captions_custom.json'}?images={tmp_path / 'coco' / 'val2014'}&split=test")
-    with pytest.raises(UserError, match=r"no images of split 'test'; splits present: \['val'\]"):
+    with pytest.raises(UserError, match=r"has no records for split 'test'; splits present: \['val'\]"):
         formats.load_image_text(f"coco:{path}?images={tmp_path / 'coco' / 'val2014'}&split=test")
 
 

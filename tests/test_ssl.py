@@ -173,7 +173,7 @@ def test_ssl_features_decode_colour_better_than_random_init(tmp_path):
     makes colour linearly decodable far better than the same net at random init."""
     from sklearn.linear_model import LogisticRegression
 
-    from vlbridge.data.features import encode_records
+    from vlbridge.data.features import extract_features
     from vlbridge.data.shapes import classification_records
 
     config = from_dict(SSLTrainConfig, {"steps": 60, "n_images": 512, "device": "cpu"})
@@ -182,8 +182,8 @@ def test_ssl_features_decode_colour_better_than_random_init(tmp_path):
 
     def colour_probe(spec: str) -> float:
         encoder = build_encoder(spec)
-        _, x_train, _ = encode_records(encoder, train, 64)
-        _, x_test, _ = encode_records(encoder, test, 64)
+        x_train = extract_features(encoder, [r.image for r in train], batch_size=64).features
+        x_test = extract_features(encoder, [r.image for r in test], batch_size=64).features
         mean, std = x_train.mean(0), x_train.std(0) + 1e-6
         probe = LogisticRegression(max_iter=2000, C=0.5)
         probe.fit(((x_train - mean) / std).numpy(), [r.label.split()[0] for r in train])

@@ -1,8 +1,8 @@
 """`vlbridge data export` and `vlbridge data filter`: convert datasets, and build a CLIP-style
 query-word-filtered training set.
 
-Both read any spec `vlbridge.data.formats` knows (folders, CSV, JSONL, webdataset shards, COCO,
-NoCaps, ImageFolder, shapes, embedded datasets) and write wds / jsonl / folder / csv with
+Both read any dataset spec (`vlbridge.data.specs`: folders, CSV, JSONL, webdataset shards, COCO,
+NoCaps, ImageFolder, shapes, embedded datasets) through `vlbridge.data.datasets` and write wds / jsonl / folder / csv with
 `formats.export_records`. Bad samples are skipped; their count is printed at the end.
 `filter` keeps the pairs whose caption holds one of the corpus's M most frequent words
 (`vlbridge.data.query_filter`) and also writes OUT/query_words.json.
@@ -28,7 +28,10 @@ dataset specs (--from):
   wds:PATTERN                webdataset shards, e.g. wds:shards/{000000..000009}.tar, or a directory
   coco:JSON[?images=DIR&karpathy=FILE&split=test]
   nocaps:JSON?images=DIR     imagefolder:DIR
-  shapes[?n=..&split=..&seed=..]   twemoji  openclipart  fashion-mnist  animal-silhouettes
+  shapes[?shift=..&domain=..&image_size=..&max_objects=..]   (shapes-shift:<shift> = shapes?shift=<shift>)
+  twemoji  openclipart  fashion-mnist  animal-silhouettes
+every spec also takes split=S, n=N (a seeded subset; shapes: images drawn, default 2080 train,
+520 val / test), first=N (the first records as stored) and seed=S
 """
 
 EXPORT_DESCRIPTION = """\

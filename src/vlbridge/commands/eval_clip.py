@@ -1,9 +1,10 @@
 """`vlbridge eval zeroshot|probe|retrieval|robustness`: evaluate a CLIP on a dataset.
 
 Each sub-command loads the CLIP named by --model through `vlbridge.models.clip_loading.load_clip`
-(imported lazily), resolves --dataset through `vlbridge.evaluation.features_io`, embeds the
-images once, runs the pure evaluation functions of `vlbridge.evaluation`, prints a short
-table and, with --out, writes every number as JSON.
+(imported lazily), resolves --dataset with the one resolver (`vlbridge.data.datasets.load_dataset`),
+reads the CLIP's image features through the FeatureStore (--cache; the same entries the study and
+`vlbridge extract` use, so a repeated evaluation encodes nothing), runs the pure evaluation
+functions of `vlbridge.evaluation`, prints a short table and, with --out, writes every number as JSON.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import json
 import logging
 from pathlib import Path
 
+import torch.nn.functional as F
+
+from vlbridge.data import datasets
+from vlbridge.data.features import default_feature_root
+from vlbridge.data.specs import parse_spec
 from vlbridge.errors import UserError
 from vlbridge.io import atomic_write_text
-from vlbridge.evaluation.features_io import DATASET_HELP, LabelledImages, embed_records, load_captioned, load_classification
+from vlbridge.evaluation.features_io import DATASET_HELP, captioned, eval_store, image_features, labelled_features
 from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe
 from vlbridge.evaluation.retrieval import retrieval_scores
-from vlbridge.evaluation.robustness import LabelledFeatures, evaluate_robustness
+from vlbridge.evaluation.robustness import evaluate_robustness
 from vlbridge.evaluation.templates import builtin_template_names, templates_for
 from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
 from vlbridge.runtime import resolve_device
@@ -33,8 +39,9 @@ MODEL_HELP = (
 )
 EPILOG = """\
 datasets: {datasets}
-  shapes: held-out single-object shapes-world images (52 colour-shape classes), --n per split
-  retrieval also reads the image-text specs of vlbridge.data.formats (folder:, csv:, jsonl:, coco:, nocaps:, wds:)
+  shapes: held-out single-object shapes-world images (52 colour-shape classes); without --n
+  520 test / 2080 train images; the command picks the split, so a DATASET spec holds no split=
+  retrieval also reads every image-text spec (folder:, csv:, jsonl:, coco:, nocaps:, wds:)
 examples:
   vlbridge eval zeroshot --model runs/clip --dataset shapes --templates openai --out zs.json
   vlbridge eval probe --model ViT-B-32.pt --arch ViT-B-32 --dataset fashion-mnist --n 2000 --n-train 5000
@@ -110,16 +117,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, dataset_required: bool
         metavar="DATASET",
         help=f"what to evaluate on: {DATASET_HELP}" + ("" if dataset_required else " (default shapes)"),
     )
-    parser.add_argument("--n", type=int, metavar="N", help="test images (default: shapes 520, others all)")
+    parser.add_argument("--n", type=int, metavar="N", help="test images, a seeded subset (default: shapes 520, others all)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed for data subsets and splits (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per forward pass (default 64)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     parser.add_argument("--out", metavar="OUT.json", help="write the results as JSON here")
+    parser.add_argument("--cache", metavar="DIR", help="feature cache folder (default: <VLBRIDGE_CACHE>/features)")
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ProbeConfig()
-    parser.add_argument("--n-train", type=int, metavar="N", help="train images (default: shapes 2080, others all)")
+    parser.add_argument("--n-train", type=int, metavar="N", help="train images, a seeded subset (default: shapes 2080, others all)")
     parser.add_argument("--c-min", type=float, default=defaults.c_min, help=f"smallest C swept (default {defaults.c_min:g})")
     parser.add_argument("--c-max", type=float, default=defaults.c_max, help=f"largest C swept (default {defaults.c_max:g})")
     parser.add_argument("--c-steps", type=int, default=defaults.c_steps, help=f"log-spaced C values of the coarse sweep (default {defaults.c_steps})")
@@ -140,12 +148,12 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args)
+    bundle, encoder, store = load_clip_features(args)
     templates = templates_for(args.templates, args.dataset)[1]
-    test = load_classification(args.dataset, "test", args.n, args.seed)
-    features, kept = embed_records(bundle, test.records, args.batch_size, desc="embedding test images")
+    test = load_split(args, "test", args.n)
+    features = labelled_features(store, encoder, test, args.batch_size, normalize=True)
     classifier = build_classifier(bundle, test.classnames, templates)  # (C, E)
-    metrics = zero_shot_scores(features, classifier, test.labels(kept))
+    metrics = zero_shot_scores(features.features, classifier, features.labels)
     result = describe(args, bundle, test, templates=args.templates, n_templates=len(templates), metrics=metrics)
     title = f"zero-shot: {bundle.name} on {args.dataset} ({metrics['n']} images, {len(test.classnames)} classes)"
     finish(args, result, title, metric_rows(metrics))
@@ -153,32 +161,31 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args)
-    train = load_classification(args.dataset, "train", args.n_train, args.seed)
-    test = load_classification(args.dataset, "test", args.n, args.seed)
-    train_x, train_kept = embed_records(bundle, train.records, args.batch_size, desc="embedding train images")
-    test_x, test_kept = embed_records(bundle, test.records, args.batch_size, desc="embedding test images")
+    bundle, encoder, store = load_clip_features(args)
+    train = load_split(args, "train", args.n_train)
+    test = load_split(args, "test", args.n)
+    train_f = labelled_features(store, encoder, train, args.batch_size, normalize=True)
+    test_f = labelled_features(store, encoder, test, args.batch_size, normalize=True)
     config = probe_config(args)
-    metrics = linear_probe(
-        train_x, train.labels(train_kept), test_x, test.labels(test_kept), len(test.classnames), config
-    )
-    result = describe(args, bundle, test, n_train=len(train_kept), probe_config=vars(config), metrics=metrics)
-    title = f"linear probe: {bundle.name} on {args.dataset} ({len(train_kept)} train / {metrics['n']} test images)"
+    metrics = linear_probe(train_f.features, train_f.labels, test_f.features, test_f.labels, len(test.classnames), config)
+    n_train = len(train_f.labels)
+    result = describe(args, bundle, test, n_train=n_train, probe_config=vars(config), metrics=metrics)
+    title = f"linear probe: {bundle.name} on {args.dataset} ({n_train} train / {metrics['n']} test images)"
     rows = metric_rows({key: value for key, value in metrics.items() if key != "sweep"})
     finish(args, result, title, rows)
     return 0
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args)
-    records = load_captioned(args.dataset, "test", args.n, args.seed)
-    image_features, kept = embed_records(bundle, records, args.batch_size, desc="embedding test images")
+    bundle, encoder, store = load_clip_features(args)
+    data = captioned(datasets.load_dataset(args.dataset, "image_text", split="test", n=args.n, seed=args.seed))
+    images_f, kept = image_features(store, encoder, data, args.batch_size)
     texts, owners = [], []
     for position, record_index in enumerate(kept):
-        texts.extend(records[record_index].captions)
-        owners.extend([position] * len(records[record_index].captions))
+        texts.extend(data.records[record_index].captions)
+        owners.extend([position] * len(data.records[record_index].captions))
     text_features = bundle.embed_texts(texts)  # (T, E)
-    metrics = retrieval_scores(image_features, text_features, owners)
+    metrics = retrieval_scores(F.normalize(images_f.float(), dim=-1), text_features, owners)
     result = {"command": "retrieval", "model": bundle.name, "dataset": args.dataset, "split": "test"}
     result.update(seed=args.seed, metrics=metrics)
     title = f"retrieval: {bundle.name} on {args.dataset} ({metrics['n_images']} images, {metrics['n_texts']} captions)"
@@ -188,11 +195,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
 def run_robustness(args: argparse.Namespace) -> int:
     shift_specs = args.shift or default_shifts(args.dataset)
-    bundle = load_bundle(args)
+    bundle, encoder, store = load_clip_features(args)
     templates = templates_for(args.templates, args.dataset)[1]
-    train = load_classification(args.dataset, "train", args.n_train, args.seed)
-    clean = load_classification(args.dataset, "test", args.n, args.seed)
-    shifted = {spec: load_classification(spec, "test", args.n, args.seed) for spec in shift_specs}
+    train = load_split(args, "train", args.n_train)
+    clean = load_split(args, "test", args.n)
+    shifted = {spec: load_split(args, "test", args.n, spec) for spec in shift_specs}
     for spec, data in shifted.items():
         if data.classnames != clean.classnames:
             differing = sorted(set(data.classnames) ^ set(clean.classnames))[:3] or "the same names in another order"
@@ -200,8 +207,10 @@ def run_robustness(args: argparse.Namespace) -> int:
                 f"shifted set {spec!r} must have the classes of {args.dataset!r} in the same order "
                 f"({len(clean.classnames)} classes), got {len(data.classnames)}; differing: {differing}"
             )
-    features = {name: labelled_features(bundle, data, args.batch_size) for name, data in [("train", train), ("clean", clean)]}
-    shifted_features = {spec: labelled_features(bundle, data, args.batch_size) for spec, data in shifted.items()}
+    features = {name: labelled_features(store, encoder, data, args.batch_size, normalize=True)
+                for name, data in [("train", train), ("clean", clean)]}
+    shifted_features = {spec: labelled_features(store, encoder, data, args.batch_size, normalize=True)
+                        for spec, data in shifted.items()}
     classifier = build_classifier(bundle, clean.classnames, templates)  # (C, E)
     report = evaluate_robustness(
         features["train"], features["clean"], shifted_features, len(clean.classnames), classifier, probe_config(args)
@@ -212,20 +221,33 @@ def run_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_split(args: argparse.Namespace, split: str, n: int | None, spec: str | None = None) -> datasets.Dataset:
+    """The labelled `split` of --dataset (or of `spec`), n images (a seeded subset) when n is given."""
+    return datasets.load_dataset(spec or args.dataset, "classification", split=split, n=n, seed=args.seed)
+
+
 def default_shifts(dataset: str) -> list[str]:
-    """Every shapes-world shift for dataset 'shapes'; other datasets need --shift."""
-    if dataset != "shapes":
+    """Every shapes-world shift of an unshifted shapes spec; other datasets need --shift."""
+    parsed = parse_spec(dataset)
+    if parsed.scheme != "shapes" or "shift" in parsed.options:
         raise UserError(f"robustness on {dataset!r} needs at least one --shift DATASET with the same classes")
     from vlbridge.data.shapes import SHIFTS
 
-    return [f"shapes-shift:{name}" for name in SHIFTS]
+    return [parsed.with_options(shift=name).text() for name in SHIFTS]
 
 
-def load_bundle(args: argparse.Namespace):
-    """The ClipBundle of --model/--arch on --device (load_clip is imported only now)."""
+def load_clip_features(args: argparse.Namespace):
+    """(ClipBundle of --model/--arch on --device, its image encoder, the --cache FeatureStore).
+
+    load_clip is imported only now. The encoder is the CLIP's pooled image embedding
+    (`ClipImageEncoder`, what `clip:PATH` builds), unnormalised; the commands normalise it.
+    """
     from vlbridge.models.clip_loading import load_clip
+    from vlbridge.models.encoders_clip import ClipImageEncoder
 
-    return load_clip(args.model, device=resolve_device(args.device), arch=args.arch)
+    bundle = load_clip(args.model, device=resolve_device(args.device), arch=args.arch)
+    encoder = ClipImageEncoder(bundle).to(bundle.device)
+    return bundle, encoder, eval_store(Path(args.cache) if args.cache else default_feature_root(), args.batch_size)
 
 
 def probe_config(args: argparse.Namespace) -> ProbeConfig:
@@ -242,12 +264,7 @@ def probe_config(args: argparse.Namespace) -> ProbeConfig:
     )
 
 
-def labelled_features(bundle, data: LabelledImages, batch_size: int) -> LabelledFeatures:
-    features, kept = embed_records(bundle, data.records, batch_size, desc=f"embedding {data.name} {data.split}")
-    return LabelledFeatures(features, data.labels(kept))
-
-
-def describe(args: argparse.Namespace, bundle, data: LabelledImages, **fields) -> dict:
+def describe(args: argparse.Namespace, bundle, data: datasets.Dataset, **fields) -> dict:
     """The JSON result: what was evaluated, how, and the metrics."""
     head = {"command": args.subcommand, "model": bundle.name, "dataset": args.dataset, "split": data.split}
     head.update(seed=args.seed, classes=data.classnames)

@@ -1,7 +1,16 @@
-"""FeatureStore: encode each image once per encoder, keep the features on disk, serve them again.
+"""Pixels -> features: `extract_features`, the one path, and FeatureStore, its disk cache.
 
+    out = extract_features(encoder, images, ids, batch_size=64)  # .features (K, ...), .kept, .ids, .skipped
     store = FeatureStore(Path(".cache/features"))
     features = store.get_or_extract(encoder, "shapes", "train", records)  # {id: (D,) or (N, D)}
+
+`extract_features` opens the images (undecodable ones are skipped and counted), preprocesses
+them with `encoder.preprocess`, runs the encoder on batches under autocast (bf16 on CUDA, fp32 on
+CPU) and returns the features of the images that decoded with their positions and ids. Every
+image feature in vlbridge comes from it: the FeatureStore (LiMBeR training, `vlbridge extract`,
+the study, `vlbridge eval`), `ClipBundle.embed_images` and CLIP-S. It takes any object with
+`.preprocess`, `.device` and a call (an `ImageEncoder`), or `forward=` for another entry point
+(a CLIP's `encode_image`), so this layer never imports a model.
 
 Cache key = (encoder.encoder_id - kind, architecture, mode and a hash of architecture +
 weights -, encoder.preprocess_id, dataset name, split, the ordered record ids, storage dtype).
@@ -30,13 +39,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from vlbridge.data.records import BadImage, SkipCounter, open_image
+from vlbridge.assets import cache_root
+from vlbridge.data.records import BadImage, ImageRef, SkipCounter, open_image
 from vlbridge.errors import UserError
 from vlbridge.io import atomic_save_safetensors, atomic_write_json
 from vlbridge.runtime import DistEnv, autocast, barrier, gather_objects
@@ -46,6 +56,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when the on-disk layout changes (part of every key)
 KEY_FILE = "key.json"
 INDEX_FILE = "index.json"
+BAD_IMAGE_REASON = "bad image"  # SkipCounter reason of an image that does not decode
 
 
 @dataclass
@@ -65,6 +76,11 @@ class ExtractionResult:
 
     features: dict[str, torch.Tensor]  # id -> (D,) pooled or (N, D) grid
     stats: ExtractionStats
+
+
+def default_feature_root() -> Path:
+    """The feature cache every command shares unless told otherwise: <VLBRIDGE_CACHE>/features."""
+    return cache_root() / "features"
 
 
 class FeatureStore:
@@ -176,8 +192,9 @@ class FeatureStore:
         with tqdm(total=total, desc="extract", unit="img", disable=None if env.is_main else True) as bar:
             for chunk in todo:
                 part = records[chunk * chunk_size : (chunk + 1) * chunk_size]
-                kept_ids, tensor, skipped = encode_records(encoder, part, batch_size, skips, bar)
-                _save_chunk(_chunk_path(folder, chunk), kept_ids, tensor.to(self.dtype), skipped)
+                out = extract_features(encoder, [r.image for r in part], [_record_id(r) for r in part], batch_size,
+                                       skips, bar=bar)
+                _save_chunk(_chunk_path(folder, chunk), out.ids, out.features.to(self.dtype), out.skipped)
                 computed += len(part)
                 if on_chunk_done is not None:
                     on_chunk_done(chunk)
@@ -202,34 +219,75 @@ class FeatureStore:
         return features, skipped
 
 
+class PixelEncoder(Protocol):
+    """What `extract_features` runs: anything with these (an ImageEncoder, a ClipBundle + forward=)."""
+
+    preprocess: Callable  # PIL RGB image -> (3, H, W) tensor
+    device: torch.device  # where the pixels go
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class ExtractedFeatures:
+    """What `extract_features` returns."""
+
+    features: torch.Tensor  # (K, D) or (K, N, D) float32 on the CPU, one row per kept image
+    kept: list[int]  # positions (in the images given) of the K images that decoded
+    ids: list[str]  # ids of the K kept images
+    skipped: dict[str, str] = field(default_factory=dict)  # id -> reason, for images that did not decode
+
+
 @torch.no_grad()
-def encode_records(encoder, records: Sequence, batch_size: int, skips: SkipCounter | None = None, bar=None):
-    """(ids kept, features (n_kept, ...) float32 on CPU, {skipped id: reason}) for `records`."""
-    kept: list[str] = []
+def extract_features(
+    encoder: PixelEncoder,
+    images: Sequence[ImageRef],
+    ids: Sequence[str] | None = None,
+    batch_size: int = 64,
+    skips: SkipCounter | None = None,
+    mixed_precision: bool = True,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    bar=None,
+) -> ExtractedFeatures:
+    """The one pixel -> feature path: open each image (undecodable ones are skipped and counted),
+    preprocess, run `forward` (default: the encoder itself) on batches under autocast, gather on CPU.
+
+    Batches are windows of `batch_size` images given, less the skipped ones. `mixed_precision`:
+    bf16 autocast on CUDA (a no-op on CPU). `ids` name the images in `skipped` and `ids`
+    (default: their positions); `bar` (a tqdm) advances by the images of each window.
+    """
+    ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
+    forward = encoder if forward is None else forward
+    device = torch.device(encoder.device)
+    kept: list[int] = []
     skipped: dict[str, str] = {}
     outputs: list[torch.Tensor] = []
-    device = encoder.device
-    for start in range(0, len(records), batch_size):
+    for start in range(0, len(images), batch_size):
         pixels = []
-        for record in records[start : start + batch_size]:
+        for position in range(start, min(start + batch_size, len(images))):
             try:
-                pixels.append(encoder.preprocess(open_image(record.image)))
+                pixels.append(encoder.preprocess(open_image(images[position])))
             except BadImage as err:
-                skipped[_record_id(record)] = str(err)
+                skipped[ids[position]] = str(err)
                 if skips is not None:
-                    skips.skip("bad image", _record_id(record))
+                    skips.skip(BAD_IMAGE_REASON, ids[position])
                 continue
-            kept.append(_record_id(record))
+            kept.append(position)
         if pixels:
-            with autocast(device):
-                out = encoder(torch.stack(pixels).to(device))  # (b, D) or (b, N, D)
+            with autocast(device, enabled=mixed_precision):
+                out = forward(torch.stack(pixels).to(device))  # (b, D) or (b, N, D)
             outputs.append(out.float().cpu())
         if bar is not None:
-            bar.update(len(records[start : start + batch_size]))
-    if outputs:
-        return kept, torch.cat(outputs), skipped
-    empty_shape = (0, encoder.feature_dim) if encoder.pooled else (0, encoder.num_tokens, encoder.feature_dim)
-    return kept, torch.zeros(empty_shape), skipped
+            bar.update(min(batch_size, len(images) - start))
+    features = torch.cat(outputs) if outputs else torch.zeros(_empty_shape(encoder))
+    return ExtractedFeatures(features, kept, [ids[i] for i in kept], skipped)
+
+
+def _empty_shape(encoder) -> tuple[int, ...]:
+    """(0, D) / (0, N, D) for an ImageEncoder (it knows its feature shape), else (0, 0)."""
+    if not hasattr(encoder, "feature_dim"):
+        return (0, 0)
+    return (0, encoder.feature_dim) if encoder.pooled else (0, encoder.num_tokens, encoder.feature_dim)
 
 
 def _record_id(record) -> str:

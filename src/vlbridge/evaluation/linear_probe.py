@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vlbridge.data.subsets import stratified_split
 from vlbridge.errors import UserError
 from vlbridge.evaluation.zero_shot import classification_scores
 
@@ -221,25 +222,6 @@ def fit_probe(
         x = (x - mean) / scale  # (N, D)
     weight, bias = fit_logistic_regression(x, y, num_classes, c, config.max_iter, config.tolerance, init)
     return LinearProbe(weight=weight, bias=bias, c=c, mean=mean, scale=scale)
-
-
-def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, val indices): per class, a seeded `val_fraction` goes to val (>= 1 left in train)."""
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(labels).cpu()
-    train_parts, val_parts = [], []
-    for cls in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == cls).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
-        val_parts.append(members[:n_val])
-        train_parts.append(members[n_val:])
-    val_indices = torch.cat(val_parts).sort().values
-    if len(val_indices) == 0:
-        raise UserError("choosing the probe's C needs a validation split, but every class has a single example")
-    return torch.cat(train_parts).sort().values, val_indices
 
 
 def best_row(rows: list[dict]) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from vlbridge.data.specs import parse_spec
 from vlbridge.errors import BadInputError, UserError
 
 PLACEHOLDER = "{}"  # what a class name replaces in a template
@@ -54,7 +55,7 @@ def templates_for(spec: str, dataset: str) -> tuple[str, list[str]]:
     """(set name, templates) for `dataset` ("shapes", "shapes-shift:blur", "fashion-mnist", ...)."""
     if spec != PER_DATASET:
         return spec, load_templates(spec)
-    family = dataset.split(":")[0].split("?")[0].removesuffix("-shift")
+    family = parse_spec(dataset).scheme  # "shapes?shift=blur", "shapes-shift:blur" -> "shapes"
     name = family if family in builtin_template_names() and family != OPENAI else FALLBACK
     return name, load_templates(name)
 

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlbridge.data.records import to_rgb
+from vlbridge.data.features import extract_features
+from vlbridge.data.records import ImageRef
+from vlbridge.errors import BadInputError
 
 
 @dataclass
@@ -30,14 +32,18 @@ class ClipBundle:
     device: torch.device = torch.device("cpu")  # where the model lives
 
     @torch.no_grad()
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64, normalize: bool = True) -> torch.Tensor:
-        """(N, E) image embeddings (L2-normalised by default), computed in eval mode, returned on CPU."""
+    def embed_images(self, images: Sequence[ImageRef], batch_size: int = 64, normalize: bool = True) -> torch.Tensor:
+        """(N, E) image embeddings (L2-normalised by default), in eval mode and fp32, returned on CPU.
+
+        Runs `vlbridge.data.features.extract_features` with `encode_image`; an image that does not
+        decode is a BadInputError (the rows must match the images given).
+        """
         self.model.eval()
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(to_rgb(im)) for im in images[start : start + batch_size]])
-            chunks.append(self.model.encode_image(batch.to(self.device)).float().cpu())
-        embeddings = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+        out = extract_features(self, images, batch_size=batch_size, mixed_precision=False, forward=self.model.encode_image)
+        if out.skipped:
+            position, reason = next(iter(out.skipped.items()))
+            raise BadInputError(f"image {position} of {len(images)}: {reason}")
+        embeddings = out.features if len(out.features) else torch.zeros(0, 0)
         return F.normalize(embeddings, dim=-1) if normalize and len(embeddings) else embeddings
 
     @torch.no_grad()

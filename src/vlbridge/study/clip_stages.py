@@ -15,11 +15,11 @@ import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
+from vlbridge.data import datasets
 from vlbridge.data.features import FeatureStore
-from vlbridge.evaluation.features_io import LabelledImages, load_classification
+from vlbridge.evaluation.features_io import labelled_features
 from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe, select_and_fit
 from vlbridge.evaluation.robustness import LabelledFeatures, robustness_scores
 from vlbridge.evaluation.templates import templates_for
@@ -51,14 +51,9 @@ def read_curve(run_dir: Path, column: str = "loss") -> list[tuple[int, float]]:
         return [(int(row["step"]), float(row[column])) for row in csv.DictReader(handle) if row.get(column)]
 
 
-def labelled_features(store: FeatureStore, encoder, data: LabelledImages, batch_size: int) -> LabelledFeatures:
-    """Cached features of `data` (records whose image cannot be read are dropped with their labels)."""
-    by_id = store.get_or_extract(encoder, data.name, data.split, data.records, batch_size=batch_size)
-    kept = [i for i, record in enumerate(data.records) if record.id in by_id]
-    features = torch.stack([by_id[data.records[i].id] for i in kept]).float()  # (N, D)
-    if features.ndim != 2:
-        raise ValueError(f"probes need pooled (N, D) features, got {tuple(features.shape)} from {encoder.encoder_id}")
-    return LabelledFeatures(features=features, labels=data.labels(kept))
+def labelled_split(dataset: str, split: str, n: int, seed: int) -> datasets.Dataset:
+    """The classification view of `split` of dataset spec `dataset` (n images, a seeded subset)."""
+    return datasets.load_dataset(dataset, "classification", split=split, n=n, seed=seed)
 
 
 def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str, str], store: FeatureStore,
@@ -79,8 +74,8 @@ def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str,
     for dataset in table.datasets:
         result["templates"][dataset], templates = templates_for(table.templates, dataset)
         templates_by_dataset[dataset] = templates
-        train = load_classification(dataset, "train", table.n_train, config.seed)
-        test = load_classification(dataset, "test", table.n_test, config.seed)
+        train = labelled_split(dataset, "train", table.n_train, config.seed)
+        test = labelled_split(dataset, "test", table.n_test, config.seed)
         clip_test = labelled_features(store, encoders["clip"], test, table.batch_size)
         classifier = build_classifier(bundle, test.classnames, templates)  # (C, E)
         zero_shot = zero_shot_scores(F.normalize(clip_test.features, dim=-1), classifier, clip_test.labels)
@@ -104,13 +99,13 @@ def build_clip_table(config: StudyConfig, clip_spec: str, probe_specs: dict[str,
 def shapes_robustness(config: StudyConfig, bundle, templates, encoder, store, probe_config) -> dict:
     """Zero-shot and probe accuracy on clean vs shifted renderings of the same test scenes."""
     table = config.clip_table
-    train = load_classification("shapes", "train", table.n_train, config.seed)
-    clean = load_classification("shapes", "test", table.n_test, config.seed)
+    train = labelled_split("shapes", "train", table.n_train, config.seed)
+    clean = labelled_split("shapes", "test", table.n_test, config.seed)
     train_f = labelled_features(store, encoder, train, table.batch_size)
     clean_f = labelled_features(store, encoder, clean, table.batch_size)
     shifted = {}
     for shift in table.shifts:
-        data = load_classification(f"shapes-shift:{shift}", "test", table.n_test, config.seed)
+        data = labelled_split(f"shapes?shift={shift}", "test", table.n_test, config.seed)
         shifted[shift] = labelled_features(store, encoder, data, table.batch_size)
     normalise = lambda lf: LabelledFeatures(F.normalize(lf.features, dim=-1), lf.labels)  # noqa: E731
     classifier = build_classifier(bundle, clean.classnames, templates)
@@ -129,11 +124,10 @@ def shapes_robustness(config: StudyConfig, bundle, templates, encoder, store, pr
 
 def similarity_matrix(clip_dir: Path, n: int, seed: int) -> tuple:
     """(matrix, image ids, captions) of the trained CLIP on n held-out single-object images."""
-    from vlbridge.data import shapes
     from vlbridge.models.clip_loading import load_clip
 
     bundle = load_clip(clip_dir, device="cpu")
-    records = shapes.classification_records(n, split="test", seed=seed + 1)
+    records = labelled_split("shapes", "test", n, seed + 1).records
     captions = [f"a photo of a {record.label}." for record in records]
     images = bundle.embed_images([record.image for record in records])  # (n, E)
     texts = bundle.embed_texts(captions)  # (n, E)

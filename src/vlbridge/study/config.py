@@ -53,7 +53,7 @@ class LimberStudyConfig:
     encoders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENCODERS))  # study key -> encoder spec
     train: LimberTrainConfig = field(default_factory=LimberTrainConfig)  # projector training (encoder filled per key)
     caption_sets: dict[str, str] = field(default_factory=lambda: {  # name -> held-out data spec (first = headline)
-        "shapes": "shapes?split=test&n=150", "twemoji": "twemoji?split=test&n=100"})
+        "shapes": "shapes?split=test&n=150", "twemoji": "twemoji?split=test&first=100"})
     vqa_queries: str = "shapes?split=test&n=40"  # VQA questions asked (data spec for load_vqa)
     vqa_max_questions: int = 120  # cap on questions (seeded subset)
     vqa_support: str = "shapes?split=train&n=200"  # where the shots are drawn from

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlbridge.data import datasets
 from vlbridge.data.features import FeatureStore
 from vlbridge.errors import AssetMissingError
 from vlbridge.study.config import StudyConfig
@@ -49,12 +50,10 @@ def build_projector(config: StudyConfig, spec: str, store: FeatureStore, folder:
 
 def caption_records(config: StudyConfig) -> dict[str, list]:
     """Held-out captioning sets by name (an embedded set whose asset is missing is skipped)."""
-    from vlbridge.data.formats import load_image_text
-
     sets = {}
     for name, spec in config.limber.caption_sets.items():
         try:
-            sets[name] = list(load_image_text(fill_spec(spec, config, None, None)))
+            sets[name] = list(datasets.load_dataset(fill_spec(spec, config, None, None), "image_text").records)
         except AssetMissingError as err:
             log.warning("captioning set %s skipped: %s", name, err)
     return sets
@@ -62,13 +61,11 @@ def caption_records(config: StudyConfig) -> dict[str, list]:
 
 def vqa_sets(config: StudyConfig) -> tuple[list, list]:
     """(queries, support): the questions asked (seeded subset) and the pool shots come from."""
-    from vlbridge.data.formats import load_vqa
-
-    queries = load_vqa(fill_spec(config.limber.vqa_queries, config, None, None))
+    queries = datasets.load_dataset(fill_spec(config.limber.vqa_queries, config, None, None), "vqa").records
     if len(queries) > config.limber.vqa_max_questions:
         keep = np.random.default_rng(config.seed).permutation(len(queries))[: config.limber.vqa_max_questions]
         queries = [queries[i] for i in sorted(keep)]
-    support = load_vqa(fill_spec(config.limber.vqa_support, config, None, None))
+    support = datasets.load_dataset(fill_spec(config.limber.vqa_support, config, None, None), "vqa").records
     return queries, support
 
 

@@ -6,7 +6,8 @@
 
 `vlbridge.study.config.load_study_config` applies one of them on top of the dataclass defaults,
 then a config file, then key=value overrides. Mapping fields a preset sets (encoders, caption
-sets) replace the default's mapping whole.
+sets) replace the default's mapping whole. Held-out Twemoji sets are `first=N`, the first N test
+emoji in Twemoji's order (the sets the recorded numbers come from); `n=N` would draw a seeded subset.
 
 PAPER_PRESET — where the recipe's numbers come from (the paper and its code, github.com/jmerullo/limber,
 configs/*.yml and image_prefix.py):
@@ -96,7 +97,7 @@ CPU_PRESETS: dict[str, dict[str, Any]] = {
                        "n_train": 104, "n_test": 52, "probe_c_steps": 2, "probe_max_iter": 50},
         "limber": {"train": {"steps": 6, "batch_size": 8, "data": {"n": 64}, "projector_init": "caption-ridge",
                              "num_prefix_tokens": 8},
-                   "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&n=3"},
+                   "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&first=3"},
                    "vqa_queries": "shapes?split=test&n=2", "vqa_max_questions": 4,
                    "vqa_support": "shapes?split=train&n=8", "sample_images": 4,
                    "vqa_template": FROZEN_TEMPLATE},
@@ -111,7 +112,7 @@ CPU_PRESETS: dict[str, dict[str, Any]] = {
         # 8 prefix vectors hold a whole short caption (CIDEr-D of the CLIP projector 0.25, against 0.08 with 4)
         "limber": {"train": {"steps": 8, "batch_size": 16, "data": {"n": 768}, "num_prefix_tokens": 8,
                              "projector_init": "caption-ridge", "optim": {"lr": 1e-4, "warmup_steps": 2}},
-                   "caption_sets": {"shapes": "shapes?split=test&n=48", "twemoji": "twemoji?split=test&n=16"},
+                   "caption_sets": {"shapes": "shapes?split=test&n=48", "twemoji": "twemoji?split=test&first=16"},
                    "vqa_queries": "shapes?split=test&n=8", "vqa_max_questions": 20,
                    "vqa_support": "shapes?split=train&n=100",
                    # Frozen's wording: with SmolLM2-135M it reads the image better than "Q: A:" (docs/STUDY.md)

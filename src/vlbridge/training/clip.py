@@ -33,7 +33,6 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 
-from vlbridge import checkpoint as ckpt
 from vlbridge.data.records import SkipCounter
 from vlbridge.errors import UserError
 from vlbridge.models.clip import DEFAULT_ARCH, architecture_config, model_from_config, openclip_tokenizer, save_openclip_run, train_transform

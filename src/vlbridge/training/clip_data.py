@@ -4,7 +4,7 @@ Sources (`ClipDataConfig.source`):
 - "embedded": the shapes world's train split + Twemoji + openclipart train splits (the two
   embedded assets are skipped with a warning when missing; openclipart optionally reduced to
   captions holding one of the top-m query words, CLIP's dataset recipe);
-- any dataset spec `vlbridge.data.formats.load_image_text` reads (webdataset shards included).
+- any dataset spec (webdataset shards included), read by `vlbridge.data.datasets.load_dataset`.
 A source that is a list is read map-style; any other iterable is streamed.
 
 Map-style order is a pure function of (seed, global sample position): position p belongs to
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vlbridge.data import datasets
+from vlbridge.data.query_filter import filter_by_query_words
 from vlbridge.data.records import MAX_IMAGE_PIXELS, BadImage, ImageTextRecord, SkipCounter, open_image
 from vlbridge.errors import AssetMissingError, UserError
 from vlbridge.training.clip_augment import FastCropNormalize
@@ -65,38 +67,28 @@ class ClipDataConfig:
 
 
 def embedded_records(cfg: ClipDataConfig) -> list[ImageTextRecord]:
-    """The embedded default: shapes world (always) + Twemoji + openclipart when installed."""
-    from vlbridge.data import shapes
-
-    records = shapes.image_text_records(cfg.shapes_n, split="train", seed=cfg.shapes_seed,
-                                        image_size=cfg.shapes_image_size, max_objects=cfg.shapes_max_objects)
+    """The embedded default, a composite of resolved specs: the shapes world's train split (always)
+    + the Twemoji and openclipart train splits when installed."""
+    records = list(_records(f"shapes?max_objects={cfg.shapes_max_objects}", split="train", n=cfg.shapes_n,
+                            seed=cfg.shapes_seed, image_size=cfg.shapes_image_size))
     web: list[ImageTextRecord] = []
     if cfg.twemoji:
-        web += _optional_asset("Twemoji", lambda: _embedded().twemoji_records(split="train"))
+        web += _optional_asset("Twemoji", lambda: _records("twemoji", split="train"))
     if cfg.openclipart:
-        clipart = _optional_asset("openclipart", lambda: _embedded().openclipart_records(split="train"))
+        clipart = _optional_asset("openclipart", lambda: _records("openclipart", split="train"))
         if cfg.openclipart_n is not None and cfg.openclipart_n < len(clipart):
             keep = np.random.default_rng([cfg.shapes_seed, 7]).choice(len(clipart), cfg.openclipart_n, replace=False)
             clipart = [clipart[i] for i in sorted(keep)]
         web += clipart
     if cfg.query_top_m is not None and web:
-        web = list(_formats().filter_by_query_words(web, cfg.query_top_m))
+        web = list(filter_by_query_words(web, cfg.query_top_m))
     log.info("embedded CLIP data: %d shapes-world + %d Twemoji/openclipart records", len(records), len(web))
     return records + web
 
 
-def _embedded():
-    from vlbridge.data import embedded
-
-    return embedded
-
-
-def _formats():
-    try:
-        from vlbridge.data import formats
-    except ImportError as err:
-        raise UserError(f"dataset specs need vlbridge.data.formats, which is not available: {err}") from err
-    return formats
+def _records(spec: str, **request) -> list[ImageTextRecord] | Iterable[ImageTextRecord]:
+    """Image-caption records of a dataset spec, through the one resolver (vlbridge.data.datasets)."""
+    return datasets.load_dataset(spec, "image_text", **request).records
 
 
 def _optional_asset(name: str, read: Callable[[], list[ImageTextRecord]]) -> list[ImageTextRecord]:
@@ -111,13 +103,12 @@ def load_source(cfg: ClipDataConfig) -> list[ImageTextRecord] | Callable[[], Ite
     """A list of records (map-style) or a factory that opens a fresh stream each epoch."""
     if cfg.source == "embedded":
         return embedded_records(cfg)
-    formats = _formats()
     if cfg.query_top_m is not None:
-        return list(formats.filter_by_query_words(list(formats.load_image_text(cfg.source)), cfg.query_top_m))
-    first = formats.load_image_text(cfg.source)
+        return list(filter_by_query_words(list(_records(cfg.source)), cfg.query_top_m))
+    first = _records(cfg.source)
     if isinstance(first, list):
         return first
-    return lambda: formats.load_image_text(cfg.source)
+    return lambda: _records(cfg.source)
 
 
 # ------------------------------------------------------------------------------------ samples

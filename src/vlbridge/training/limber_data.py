@@ -1,8 +1,8 @@
 """Image-caption data for LiMBeR training: dataset names -> records -> per-step batches.
 
-`load_caption_records(dataset, split, n, seed, image_size)` reads the training records:
-`shapes` (the procedural shapes world), `twemoji` (embedded Twemoji), or any format spec
-understood by `vlbridge.data.formats.load_image_text`. `tokenize_captions` turns every
+`load_caption_records(dataset, split, n, seed, image_size)` reads the training records of any
+dataset spec (`shapes`, `twemoji`, `jsonl:FILE`, `wds:...`) through the one resolver,
+`vlbridge.data.datasets.load_dataset`. `tokenize_captions` turns every
 caption of every record into token ids once. `CaptionBatcher` then decides, for every
 global step, which records form the batch and which of their captions is the target:
 
@@ -28,47 +28,26 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from vlbridge.data import datasets
 from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter, open_image
 from vlbridge.errors import UserError
 
 log = logging.getLogger(__name__)
 
-NAMED_DATASETS = ("shapes", "twemoji")  # names besides format specs
-
 
 def load_caption_records(
     dataset: str, split: str = "train", n: int = 0, seed: int = 0, image_size: int = 64
 ) -> list[ImageTextRecord]:
-    """Image-caption records of `dataset` / `split` (at most `n` when n > 0); records without captions dropped."""
-    if dataset == "shapes":
-        from vlbridge.data.shapes import image_text_records
+    """Image-caption records of dataset spec `dataset` / `split`; records without captions dropped.
 
-        records = image_text_records(n or 2000, split=split, seed=seed, image_size=image_size)
-    elif dataset == "twemoji":
-        from vlbridge.data.embedded import twemoji_records
-
-        records = twemoji_records(split=split, seed=seed)
-    else:
-        records = _format_records(dataset, split)
-    if n > 0:
-        records = list(records)[:n]
-    return drop_captionless(records, where=dataset)
-
-
-def _format_records(spec: str, split: str) -> list[ImageTextRecord]:
-    try:
-        from vlbridge.data.formats import load_image_text
-    except ImportError as err:
-        raise UserError(
-            f"unknown dataset {spec!r}: expected one of {', '.join(NAMED_DATASETS)} or a format spec "
-            "(vlbridge.data.formats is not available in this install)"
-        ) from err
-    records = list(load_image_text(spec))
-    if any(record.split for record in records):
-        records = [record for record in records if record.split == split]
-    if not records:
-        raise UserError(f"dataset {spec!r} has no records for split {split!r}")
-    return records
+    Read by the one resolver, `vlbridge.data.datasets.load_dataset`: `n` > 0 is n= (shapes: images
+    generated; others: a seeded subset), 0 the whole split (shapes: its default size); `seed` and
+    `image_size` fill in what the spec leaves out.
+    """
+    if n < 0:
+        raise UserError(f"data.n is a number of records (0: all) and must be >= 0, got {n}")
+    data = datasets.load_dataset(dataset, "image_text", split=split, n=n or None, seed=seed, image_size=image_size)
+    return drop_captionless(data.record_list(), where=data.name)
 
 
 def drop_captionless(records: Sequence[ImageTextRecord], where: str = "data") -> list[ImageTextRecord]:

@@ -21,13 +21,15 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import nullcontext
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlbridge.data.records import BadImage, ImageRef, open_image
+from vlbridge.data.features import extract_features
+from vlbridge.data.records import ImageRef
 from vlbridge.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -133,23 +135,18 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def embed_images(scorer: Any, images: Sequence[ImageRef], ids: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """(N, D) raw (unnormalised) image features, computed in batches."""
+    """(N, D) raw (unnormalised) image features, computed in batches by the one pixel path
+    (`vlbridge.data.features.extract_features`); an image that does not decode is a BadInputError."""
     encoder, device = _encoder_and_device(scorer)
     if hasattr(encoder, "eval"):
         encoder.eval()
-    chunks = []
-    show = sys.stderr.isatty()
-    for start in tqdm(range(0, len(images), batch_size), desc="CLIP-S images", disable=not show):
-        pixels = []
-        for key, ref in zip(ids[start : start + batch_size], images[start : start + batch_size]):
-            try:
-                pixels.append(scorer.preprocess(open_image(ref)))
-            except BadImage as err:
-                raise BadInputError(f"image of id {key!r}: {err}") from err
-        batch = torch.stack(pixels).to(device)  # (B, 3, H, W)
-        with _autocast(device):
-            chunks.append(encoder.encode_image(batch).float().cpu().numpy())
-    return np.concatenate(chunks).astype(np.float64)
+    pixels_of = SimpleNamespace(preprocess=scorer.preprocess, device=device)  # what extract_features reads
+    with tqdm(total=len(images), desc="CLIP-S images", unit="img", disable=not sys.stderr.isatty()) as bar:
+        out = extract_features(pixels_of, images, ids, batch_size, forward=encoder.encode_image, bar=bar)
+    if out.skipped:
+        key, reason = next(iter(out.skipped.items()))
+        raise BadInputError(f"image of id {key!r}: {reason}")
+    return out.features.numpy().astype(np.float64)
 
 
 @torch.no_grad()
