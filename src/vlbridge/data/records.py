@@ -47,6 +47,7 @@ class ImageTextRecord:
     label: str | None = None  # class name, for classification datasets
     split: str | None = None  # "train" / "val" / "test" / ...
     domain: str | None = None  # NoCaps-style domain: "in" / "near" / "out"
+    tags: list[str] = field(default_factory=list)  # classes of the objects shown (multi-label supervision)
 
 
 @dataclass

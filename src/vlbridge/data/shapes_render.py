@@ -85,8 +85,14 @@ UNIT_POLYGONS = {
 }
 
 
-def render_scene(scene: Scene, image_size: int = 64, shift: str | None = None, supersample: int = 2) -> Image.Image:
-    """RGB image of `scene`, `image_size` pixels square, under `shift` (None = clean)."""
+def render_scene(
+    scene: Scene, image_size: int = 64, shift: str | None = None, supersample: int = 2, draw_objects=None
+) -> Image.Image:
+    """RGB image of `scene`, `image_size` pixels square, under `shift` (None = clean).
+
+    `draw_objects(canvas, scene, outline_only)` paints the objects on the supersampled canvas
+    (default: the shapes world's polygons); the objects world passes its own.
+    """
     if shift is not None and shift not in SHIFTS:
         raise ValueError(f"shift must be None or one of {SHIFTS}, got {shift!r}")
     canvas_size = image_size * supersample
@@ -95,7 +101,7 @@ def render_scene(scene: Scene, image_size: int = 64, shift: str | None = None, s
         canvas = _textured_background(noise_rng, scene.background, canvas_size)
     else:
         canvas = Image.new("RGB", (canvas_size, canvas_size), BACKGROUND_RGB[scene.background])
-    _draw_objects(canvas, scene, outline_only=shift == "sketch")
+    (draw_objects or draw_shapes)(canvas, scene, outline_only=shift == "sketch")
     image = canvas.reduce(supersample) if supersample > 1 else canvas  # (S, S) box-filtered
     if noise_rng is not None:
         image = _add_pixel_noise(image, noise_rng, std=12.0)
@@ -106,19 +112,24 @@ def render_scene(scene: Scene, image_size: int = 64, shift: str | None = None, s
     return image
 
 
-def _draw_objects(canvas: Image.Image, scene: Scene, outline_only: bool) -> None:
-    side = canvas.size[0]
-    draw = ImageDraw.Draw(canvas)
-    line_width = max(2, round(side / 48))  # sketch stroke: about 1.3 px after downsampling
+def draw_shapes(canvas: Image.Image, scene: Scene, outline_only: bool) -> None:
+    """Paint every object of `scene` (shapes-world objects) onto `canvas`."""
     for obj in scene.objects:
-        radius = RADIUS[obj.size] * side
-        centre_x, centre_y = obj.x * side, obj.y * side
-        points = [(centre_x + radius * ux, centre_y + radius * uy) for ux, uy in UNIT_POLYGONS[obj.shape]]
-        rgb = COLOUR_RGB[obj.colour]
-        if outline_only:
-            draw.polygon(points, outline=rgb, width=line_width)
-        else:
-            draw.polygon(points, fill=rgb)
+        draw_shape(canvas, obj, outline_only)
+
+
+def draw_shape(canvas: Image.Image, obj, outline_only: bool) -> None:
+    """One coloured shape (`SceneObject`) as a filled polygon, or its outline for the sketch shift."""
+    side = canvas.size[0]
+    line_width = max(2, round(side / 48))  # sketch stroke: about 1.3 px after downsampling
+    radius = RADIUS[obj.size] * side
+    centre_x, centre_y = obj.x * side, obj.y * side
+    points = [(centre_x + radius * ux, centre_y + radius * uy) for ux, uy in UNIT_POLYGONS[obj.shape]]
+    rgb = COLOUR_RGB[obj.colour]
+    if outline_only:
+        ImageDraw.Draw(canvas).polygon(points, outline=rgb, width=line_width)
+    else:
+        ImageDraw.Draw(canvas).polygon(points, fill=rgb)
 
 
 def _textured_background(rng: np.random.Generator, background: str, side: int) -> Image.Image:

@@ -2,7 +2,8 @@
 
 Built from a `ClipBundle` (whatever `vlbridge.models.clip_loading.load_clip` loaded: a vlbridge run,
 an open_clip / OpenAI checkpoint, a HF CLIPModel directory) by `vlbridge.models.registry` for the
-specs "clip:PATH" (pooled) and "clip-grid:PATH" (grid). Preprocessing is the bundle's.
+specs "clip:PATH" (pooled) and "clip-grid:PATH" (grid), preprocessing the bundle's; or from a bare
+image tower (`vlbridge.models.tower`, spec "tower:DIR") with its own eval transform.
 
 What the features are:
 - pooled: the CLIP image embedding `encode_image(x)` (after attention pooling / the ViT
@@ -30,10 +31,16 @@ from vlbridge.models.encoders import ImageEncoder, reinitialize_, tokens_from_ma
 class ClipImageEncoder(ImageEncoder):
     """The image side of a CLIP; `grid=True` gives tokens instead of the pooled embedding."""
 
-    def __init__(self, bundle: ClipBundle, grid: bool = False, random_init: bool = False):
-        tower, family = _image_tower(bundle.model)
-        name = ("random:" if random_init else "") + f"clip:{type(tower).__name__}" + (":grid" if grid else "")
-        super().__init__(name, pooled=not grid, preprocess=bundle.preprocess)
+    def __init__(self, bundle: ClipBundle | None, grid: bool = False, random_init: bool = False, *,
+                 tower: torch.nn.Module | None = None, preprocess=None, kind: str = "clip"):
+        """From a bundle (spec "clip:"), or from a bare open_clip image `tower` and its `preprocess` ("tower:")."""
+        if bundle is not None:
+            tower, family = _image_tower(bundle.model)
+            preprocess = bundle.preprocess
+        else:
+            family = "timm" if hasattr(tower, "trunk") else "open_clip"
+        name = ("random:" if random_init else "") + f"{kind}:{type(tower).__name__}" + (":grid" if grid else "")
+        super().__init__(name, pooled=not grid, preprocess=preprocess)
         self.tower = tower
         self.family = family  # "open_clip" | "timm" | "hf": how to get the grid
         if random_init:

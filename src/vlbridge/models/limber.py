@@ -422,7 +422,7 @@ def build_prompt_embeds(lm: FrozenLM, rows: Sequence[Sequence]) -> tuple[torch.T
     tokens; consecutive strings are joined first) or a list of token ids. LMs that expect a BOS
     get it first. Padding positions hold zeros and attention 0.
     """
-    sequences = [_embed_row(lm, row) for row in rows]  # each (L_i, H)
+    sequences = [embed_prompt(lm, row) for row in rows]  # each (L_i, H)
     length = max(seq.shape[0] for seq in sequences)
     inputs_embeds = torch.zeros(len(sequences), length, lm.hidden_size, device=lm.device, dtype=lm.dtype)
     attention_mask = torch.zeros(len(sequences), length, dtype=torch.long, device=lm.device)
@@ -432,10 +432,14 @@ def build_prompt_embeds(lm: FrozenLM, rows: Sequence[Sequence]) -> tuple[torch.T
     return inputs_embeds, attention_mask
 
 
-def _embed_row(lm: FrozenLM, segments: Sequence) -> torch.Tensor:
-    """One prompt's segments -> (L, H) embeddings."""
+def embed_prompt(lm: FrozenLM, segments: Sequence, bos: bool = True) -> torch.Tensor:
+    """One prompt's segments -> (L, H) embeddings (see `build_prompt_embeds` for segment kinds).
+
+    `bos=False` leaves out the BOS of LMs that expect one: for the continuation of a prompt
+    whose start (with its BOS) was run before. An empty result is (0, H) only when bos=False.
+    """
     pieces: list[torch.Tensor] = []
-    if lm.prepend_bos:
+    if lm.prepend_bos and bos:
         pieces.append(lm.embed(torch.tensor([lm.bos_token_id])))
     for segment in _join_texts(segments):
         if isinstance(segment, torch.Tensor):
@@ -447,6 +451,8 @@ def _embed_row(lm: FrozenLM, segments: Sequence) -> torch.Tensor:
             if ids:
                 pieces.append(lm.embed(torch.tensor(ids, dtype=torch.long)))
     if not pieces:
+        if not bos:
+            return torch.zeros(0, lm.hidden_size, device=lm.device, dtype=lm.dtype)
         raise ValueError("a generation prompt needs at least one image or text token")
     return torch.cat(pieces, dim=0)
 

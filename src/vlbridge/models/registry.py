@@ -9,6 +9,7 @@ Spec strings are what configs, the CLI (`--encoder`) and saved LiMBeR checkpoint
     hf:DIR                  HF BeitModel / CLIPVisionModel / AutoModel directory (pooler output)
     efficientnet-lite0      the embedded ImageNet-supervised EfficientNet-Lite0 (vlbridge.assets)
     ssl:DIR                 the self-supervised encoder trained by `vlbridge train ssl --out DIR`
+    tower:DIR               an image tower run (`vlbridge.models.tower`: the study's supervision ladder)
     random:<spec>           the same architecture, randomly initialised with a fixed seed
 
 Modifiers may follow any spec: ":grid" (grid tokens instead of pooled features) and ":<N>px"
@@ -35,9 +36,10 @@ KNOWN_SPECS = (
     "hf:DIR",
     "efficientnet-lite0",
     "ssl:DIR",
+    "tower:DIR",
     "random:<spec>",
 )
-KINDS = ("clip", "clip-grid", "timm", "hf", "efficientnet-lite0", "ssl")
+KINDS = ("clip", "clip-grid", "timm", "hf", "efficientnet-lite0", "ssl", "tower")
 _SIZE_MODIFIER = re.compile(r"^(\d+)px$")
 
 
@@ -84,7 +86,7 @@ def parse_encoder_spec(spec: str) -> EncoderSpec:
 def build_encoder(spec: str, device: str | torch.device = "cpu") -> ImageEncoder:
     """Build the frozen encoder `spec` names (on CPU, identified, then moved to `device`)."""
     parsed = parse_encoder_spec(spec)
-    if parsed.image_size and parsed.kind in ("clip", "hf", "ssl"):
+    if parsed.image_size and parsed.kind in ("clip", "hf", "ssl", "tower"):
         raise UserError(f"{parsed.kind} encoders take their input size from their preprocessing; drop ':{parsed.image_size}px'")
     encoder = _BUILDERS[parsed.kind](parsed)
     encoder.spec = parsed.text
@@ -131,10 +133,19 @@ def _build_ssl(spec: EncoderSpec) -> ImageEncoder:
     return build_ssl_encoder(Path(spec.target), spec.grid, spec.random_init)
 
 
+def _build_tower(spec: EncoderSpec) -> ImageEncoder:
+    from vlbridge.models.encoders_clip import ClipImageEncoder
+    from vlbridge.models.tower import load_tower
+
+    tower, preprocess, _ = load_tower(spec.target)
+    return ClipImageEncoder(None, spec.grid, spec.random_init, tower=tower, preprocess=preprocess, kind="tower")
+
+
 _BUILDERS = {
     "clip": _build_clip,
     "timm": _build_timm,
     "hf": _build_hf,
     "efficientnet-lite0": _build_efficientnet,
     "ssl": _build_ssl,
+    "tower": _build_tower,
 }
