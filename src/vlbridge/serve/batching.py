@@ -74,14 +74,19 @@ class MicroBatcher:
         self._task = loop.create_task(self._work(), name=f"batcher-{self.name}")
 
     async def close(self) -> None:
-        """Stop the worker (pending items are cancelled)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        """Stop the worker (pending items are cancelled); a worker of another, still running loop is told to stop."""
+        task, loop = self._task, self._loop
+        self._task = None
+        if task is None or task.done():
+            return
+        if loop is asyncio.get_running_loop():
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-        self._task = None
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
 
     async def _work(self) -> None:
         while True:

@@ -54,6 +54,7 @@ async def chat_completions(request: Request):
     services, config = context(request)
     fields, _ = await read_body(request)
     limber = need(services, "limber", fields)
+    check_unsupported(fields)
     prompt, is_question = conversation_prompt(fields.get("messages"), limber, config.vqa_template)
     gen = chat_decoding(fields, config, ANSWER_TOKENS if is_question else CAPTION_TOKENS)
     model_id = services.model_ids()["limber"]
@@ -137,12 +138,16 @@ def turn_text(text: str, limber: LimberModel, template: str) -> str:
     return text or limber.prompt
 
 
-def chat_decoding(fields: dict, config: ServeConfig, default_max: int) -> GenerationConfig:
-    """GenerationConfig from max_tokens / temperature / top_p / seed (see the module docstring)."""
+def check_unsupported(fields: dict) -> None:
+    """400 for options this server cannot honour: several replies, stop sequences."""
     if fields.get("n") not in (None, 1):
         raise ApiError(400, f"n must be 1 (one reply per request), got {fields.get('n')!r}", "n")
     if fields.get("stop") not in (None, [], ""):
         raise ApiError(400, "stop sequences are not supported: a reply ends at the first newline", "stop")
+
+
+def chat_decoding(fields: dict, config: ServeConfig, default_max: int) -> GenerationConfig:
+    """GenerationConfig from max_tokens / temperature / top_p / seed (see the module docstring)."""
     limit = fields.get("max_completion_tokens", fields.get("max_tokens"))
     limit = default_max if limit is None else limit
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= config.max_new_tokens:
