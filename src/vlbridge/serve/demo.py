@@ -68,7 +68,7 @@ def ensure_demo_index(paths: DemoPaths, clip) -> Path:
     built = False
     for source in DEMO_SOURCES:
         try:
-            report = (add_to_index if built else build_index)(clip, source, paths.index)
+            report = add_to_index(paths.index, source, clip) if built else build_index(clip, source, paths.index)
         except AssetMissingError as err:
             log.warning("demo index: leaving out %s (%s)", source, err)
             continue

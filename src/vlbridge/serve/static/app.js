@@ -69,6 +69,11 @@ async function checkReady(attempt = 0) {
 }
 
 // ------------------------------------------------------------------ image input
+function markSmall(img) {  // tiny images (icons, 28-64 px datasets) are scaled up without blurring
+  img.addEventListener("load", () => img.classList.toggle("small", img.naturalWidth < 128));
+}
+markSmall($("preview"));
+
 function takeFile(file) {
   if (!file) return;
   if (!file.type.startsWith("image/")) {
@@ -81,7 +86,7 @@ function takeFile(file) {
     $("preview").src = state.image;
     $("preview").hidden = false;
     $("drop-text").hidden = true;
-    $("file-name").textContent = file.name;
+    $("file-name").textContent = "";
     refreshButtons();
   };
   reader.readAsDataURL(file);
@@ -168,6 +173,7 @@ function resultCard(hit) {
   const img = document.createElement("img");
   img.alt = hit.caption;
   img.loading = "lazy";
+  markSmall(img);
   imageBlobUrl(hit.thumbnail_url).then((url) => { img.src = url; }).catch(() => { img.alt = "(image unavailable)"; });
   link.addEventListener("click", () => imageBlobUrl(hit.image_url).then((url) => window.open(url, "_blank")));
   link.append(img);
