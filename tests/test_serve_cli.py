@@ -66,7 +66,7 @@ def test_demo_serves_the_studys_clip_projector_and_builds_its_index_once(serve_m
 
     monkeypatch.setattr(index_build, "add_to_index", add_unless_missing)
     services = demo.load_demo_services(paths)
-    assert len(services.index) == 9 and services.limber.name == models.limber.name
+    assert len(services.index) == 9 and services.model_ids() == {"limber": "limber:demo", "clip": "clip:demo"}
     stamp = (paths.index / "index.json").stat().st_mtime_ns
     assert len(demo.load_demo_services(paths).index) == 9
     assert (paths.index / "index.json").stat().st_mtime_ns == stamp  # reused, not rebuilt

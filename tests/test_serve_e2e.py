@@ -165,7 +165,7 @@ def test_page_answers_a_question(page, server, upload):
 
 
 @pytest.mark.browser
-def test_page_searches_by_text_and_shows_images(page, server, tmp_path):
+def test_page_searches_by_text_and_shows_images(page, server, upload, tmp_path):
     url, _ = server
     page.fill("#search-q", "a large red circle")
     page.select_option("#search-k", "8")
@@ -177,6 +177,12 @@ def test_page_searches_by_text_and_shows_images(page, server, tmp_path):
     assert [c.text_content() for c in page.query_selector_all("#results .caption")] == [r["caption"] for r in expected]
     assert [c.text_content() for c in page.query_selector_all("#results .score")] == [f"{r['score']:.3f}" for r in expected]
     assert any("/v1/images/" in u and u.endswith("/thumbnail") for u in page.requests)
+    page.set_input_files("#file", str(upload))  # then: images like the uploaded one
+    page.evaluate("document.getElementById('results').replaceChildren()")
+    page.click("#similar-btn")
+    page.wait_for_selector("#results .result", timeout=60_000)
+    expected = post(url, "/v1/search", {"image": data_url(upload.read_bytes()), "k": 8})["results"]
+    assert [c.text_content() for c in page.query_selector_all("#results .caption")] == [r["caption"] for r in expected]
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000

@@ -39,12 +39,13 @@ class ClipModel:
         self._encoder = None  # the image tower as an ImageEncoder, made on first use (identity for indexes)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", arch: str | None = None) -> "ClipModel":
-        """Load a CLIP run dir / checkpoint / open_clip, OpenAI or HF CLIP file (see `load_clip`)."""
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", arch: str | None = None,
+                        name: str | None = None) -> "ClipModel":
+        """Load a CLIP run dir / checkpoint / open_clip, OpenAI or HF CLIP file (see `load_clip`); `name`: its id."""
         from vlbridge.models.clip_loading import load_clip
 
         bundle = load_clip(path, device=device, arch=arch)
-        return cls(bundle, name=_clip_name(Path(path)), source=str(path))
+        return cls(bundle, name=name or _clip_name(Path(path)), source=str(path))
 
     @property
     def image_encoder(self):

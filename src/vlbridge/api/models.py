@@ -79,15 +79,16 @@ class LimberModel:
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", with_encoder: bool = True) -> "LimberModel":
-        """Load a `train limber` run dir, its model/ folder, or a study projector folder."""
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", with_encoder: bool = True,
+                        name: str | None = None) -> "LimberModel":
+        """Load a `train limber` run dir, its model/ folder, or a study projector folder (`name`: its id, default the folder's)."""
         folder = Path(path)
         if not is_limber_dir(folder):
             raise UserError(f"{path} is not a LiMBeR model: expected a folder with {CONFIG_FILE} (or model/{CONFIG_FILE})")
         model = load_trained_limber(folder, device=device, with_encoder=with_encoder)
         model_dir = folder / "model" if (folder / "model" / CONFIG_FILE).is_file() else folder
         tuned = with_encoder and (model_dir / TUNED_ENCODER_FILE).is_file()
-        return cls(model, name=_model_name(folder), tuned_encoder=tuned)
+        return cls(model, name=name or _model_name(folder), tuned_encoder=tuned)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write projector.safetensors + limber.yaml (+ encoder.safetensors if tuned) into `path`."""

@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     limits.add_argument("--max-request-mb", type=float, default=20.0, help="larger request bodies get 413 (default 20)")
     limits.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a lone request waits to share a model call (default 5)")
     limits.add_argument("--max-batch", type=int, default=16, help="most requests in one model call; 1 turns batching off (default 16)")
+    limits.add_argument("--threads", type=int, default=0,
+                        help="torch threads per model (default: torch's, one per core; 1 is fastest on a busy shared machine)")
     limits.add_argument("--vqa-template", default=None, metavar="TEXT",
                         help="question wording with one {question} (default 'Q: {question} A:'; --demo: the study's)")
     parser.set_defaults(func=run)
@@ -62,10 +64,14 @@ def run(args: argparse.Namespace) -> int:
     from vlbridge.serve import ServeConfig, create_app
     from vlbridge.serve.services import with_template
 
-    if args.max_batch < 1 or args.batch_window_ms < 0 or args.max_request_mb <= 0:
-        raise UserError("--max-batch must be >= 1, --batch-window-ms >= 0 and --max-request-mb > 0")
+    if args.max_batch < 1 or args.batch_window_ms < 0 or args.max_request_mb <= 0 or args.threads < 0:
+        raise UserError("--max-batch must be >= 1, --batch-window-ms >= 0, --max-request-mb > 0 and --threads >= 0")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # model loading; each model's worker thread sets it again
     config = ServeConfig(api_key=args.api_key or None, max_request_bytes=int(args.max_request_mb * 2**20),
-                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch)
+                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, threads=args.threads)
     loader, template = _loader(args)
     config = with_template(config, args.vqa_template or template or config.vqa_template)
     app = create_app(loader, config)

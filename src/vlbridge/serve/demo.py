@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DEMO_SOURCES = ("twemoji", "openclipart?split=test", "shapes?split=test&n=500")  # what the demo index holds
 DEMO_ENCODER_KEY = "clip"  # the study's encoder key whose projector the demo serves
+DEMO_NAME = "demo"  # model ids of the demo: limber:demo and clip:demo
 NO_STUDY = ("no finished `{preset}` study run in {cache}: run `make demo` (or `vlbridge study`) first, "
             "then `vlbridge serve --demo`")
 
@@ -94,7 +95,7 @@ def load_demo_services(paths: DemoPaths, device: str = "cpu"):
     from vlbridge.api import ClipModel, LimberModel, SearchIndex
     from vlbridge.serve.services import Services
 
-    limber = LimberModel.from_pretrained(paths.limber, device=device)
-    clip = ClipModel.from_pretrained(paths.clip, device=device)
+    limber = LimberModel.from_pretrained(paths.limber, device=device, name=DEMO_NAME)
+    clip = ClipModel.from_pretrained(paths.clip, device=device, name=DEMO_NAME)
     index = SearchIndex.open(ensure_demo_index(paths, clip))
     return Services(limber, clip, index).check()

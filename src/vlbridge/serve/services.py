@@ -35,6 +35,7 @@ class ServeConfig:
     vqa_template: str = QUESTION_TEMPLATE  # question wording after the image (the demo uses its study's)
     thumbnail_px: int = 256  # longest side of a thumbnail
     search_max_k: int = 100  # the most results one search returns
+    threads: int = 0  # torch threads per model worker (0: torch's default; 1 is fastest on a busy shared machine)
 
 
 @dataclass
@@ -69,15 +70,16 @@ class Services:
         from vlbridge.serve import work
 
         window, size = config.batch_window_ms / 1000.0, config.max_batch
+        worker = _worker_threads(config.threads)
         if self.limber is not None:
-            lane = self.executors.setdefault("lm", ThreadPoolExecutor(1, thread_name_prefix="vlbridge-lm"))
+            lane = self.executors.setdefault("lm", worker(1, "vlbridge-lm"))
             self.batchers["generate"] = MicroBatcher("generate", work.generate_batch(self.limber), lane, window, size)
         if self.clip is not None:
             self.embedding_dim = int(self.clip.embed_texts(["a"]).shape[1])
-            lane = self.executors.setdefault("clip", ThreadPoolExecutor(1, thread_name_prefix="vlbridge-clip"))
+            lane = self.executors.setdefault("clip", worker(1, "vlbridge-clip"))
             self.batchers["embed_images"] = MicroBatcher("embed_images", work.embed_images_batch(self.clip), lane, window, size)
             self.batchers["embed_texts"] = MicroBatcher("embed_texts", work.embed_texts_batch(self.clip), lane, window, size)
-        self.executors.setdefault("stream", ThreadPoolExecutor(4, thread_name_prefix="vlbridge-stream"))
+        self.executors.setdefault("stream", worker(4, "vlbridge-stream"))
         return self
 
     async def stop(self) -> None:
@@ -95,6 +97,17 @@ class Services:
         if self.clip is not None:
             ids["clip"] = f"clip:{self.clip.name}"
         return ids
+
+
+def _worker_threads(threads: int):
+    """A maker of thread pools whose threads run torch with `threads` intra-op threads (0: leave torch's default)."""
+    import torch
+
+    def make(count: int, name: str) -> ThreadPoolExecutor:
+        initializer = (lambda: torch.set_num_threads(threads)) if threads > 0 else None
+        return ThreadPoolExecutor(count, thread_name_prefix=name, initializer=initializer)
+
+    return make
 
 
 def load_services(model: str | Path | None = None, clip: str | Path | None = None, index: str | Path | None = None,
