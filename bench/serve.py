@@ -54,6 +54,8 @@ def parse_args(argv=None):
                         help="caption requests at c=32 (default 64; c=8 sends half, c=1 an eighth, at least 8)")
     parser.add_argument("--one-shot-runs", type=int, default=3, help="one-shot `vlbridge caption` calls timed (default 3)")
     parser.add_argument("--skip-captions", action="store_true", help="only the search benchmark")
+    parser.add_argument("--search-dim", type=int, default=0,
+                        help="embedding width for the search benchmark (default: the CLIP's; 512 without one)")
     parser.add_argument("--out", help="also write the figures as JSON here")
     return parser.parse_args(argv)
 
@@ -233,7 +235,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     print(f"load average before: {os.getloadavg()[0]:.1f} (2-core machine)", flush=True)
     figures: dict = {"load_average": os.getloadavg()}
-    dim = 512
+    dim = args.search_dim or 512
     if not args.skip_captions:
         from vlbridge.errors import UserError
 
@@ -244,7 +246,8 @@ def main(argv=None) -> int:
         else:
             from vlbridge.api import ClipModel
 
-            dim = int(ClipModel.from_pretrained(figures["captions"]["clip"]).embed_texts(["a"]).shape[1])
+            if not args.search_dim:
+                dim = int(ClipModel.from_pretrained(figures["captions"]["clip"]).embed_texts(["a"]).shape[1])
     figures["search"] = search_benchmark(dim)
     figures["load_average_after"] = os.getloadavg()
     if args.out:
