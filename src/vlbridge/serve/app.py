@@ -182,7 +182,7 @@ def _needs_key(path: str) -> bool:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"the request body is larger than the limit of {limit / 2**20:g} MiB (--max-request-mb)",
+    return ApiError(413, f"the request body is larger than the limit of {limit / 2**20:.3g} MiB (--max-request-mb)",
                     code="request_too_large")
 
 
