@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from vlbridge.api import LimberModel
@@ -55,7 +56,7 @@ async def chat_completions(request: Request):
     fields, _ = await read_body(request)
     limber = need(services, "limber", fields)
     check_unsupported(fields)
-    prompt, is_question = conversation_prompt(fields.get("messages"), limber, config.vqa_template)
+    prompt, is_question = await run_in_threadpool(conversation_prompt, fields.get("messages"), limber, config.vqa_template)
     gen = chat_decoding(fields, config, ANSWER_TOKENS if is_question else CAPTION_TOKENS)
     model_id = services.model_ids()["limber"]
     if fields.get("stream"):

@@ -16,7 +16,9 @@
 IMAGE is a data URL or base64 string in JSON, or a multipart file part of that name (the
 multipart form's other fields are text; `labels` may be comma-separated there, `templates` one
 per line). Decoding options: strategy, max_new_tokens, num_beams, length_penalty, top_p,
-temperature, seed. Model work goes through the services' micro-batchers.
+temperature, seed. Images are decoded in the thread pool, model work goes through the services'
+micro-batchers, so the event loop only moves bytes. Embedding `usage` counts words and images
+(the CLIP tokenizer's count is not exposed).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ async def caption(request: Request):
     services, config = context(request)
     fields, files = await read_body(request)
     limber = need(services, "limber", fields)
-    images = images_of(fields, files, ("image", "images"), config.max_images)
+    images = await run_in_threadpool(images_of, fields, files, ("image", "images"), config.max_images)
     if not images:
         raise ApiError(400, "missing image: send 'image' or 'images' as multipart files or data URLs / base64", "image")
     prompt = fields.get("prompt")
@@ -117,12 +119,13 @@ async def vqa(request: Request):
     services, config = context(request)
     fields, files = await read_body(request)
     limber = need(services, "limber", fields)
-    image = one_image(fields, files)
+    image = await run_in_threadpool(one_image, fields, files)
     question = text_field(fields, "question")
     shots = fields.get("shots") or []
     if not isinstance(shots, list) or len(shots) > MAX_SHOTS or not all(isinstance(s, dict) for s in shots):
         raise ApiError(400, f"shots must be a list of at most {MAX_SHOTS} objects {{image, question, answer}}", "shots")
-    solved = [{**shot, "image": image_from_value(shot.get("image"), f"shots[{n}].image")} for n, shot in enumerate(shots)]
+    solved = [{**shot, "image": await run_in_threadpool(image_from_value, shot.get("image"), f"shots[{n}].image")}
+              for n, shot in enumerate(shots)]
     template = text_field(fields, "template", required=False) or config.vqa_template
     gen = decoding(fields, config, default_max=10)
     prompt = limber.question_prompt(image, question, solved, template)
@@ -135,7 +138,7 @@ async def classify(request: Request):
     services, _ = context(request)
     fields, files = await read_body(request)
     clip = need(services, "clip", fields)
-    image = one_image(fields, files)
+    image = await run_in_threadpool(one_image, fields, files)
     labels = check_labels(list_field(fields, "labels"))
     templates = resolve_templates(list_field(fields, "templates", required=False, separator="\n") or list(DEFAULT_TEMPLATES))
     embedding = await services.batchers["embed_images"].submit(image)
@@ -150,7 +153,7 @@ async def embeddings(request: Request):
     services, config = context(request)
     fields, files = await read_body(request)
     clip = need(services, "clip", fields)
-    inputs = embedding_inputs(fields, files, config)
+    inputs = await run_in_threadpool(embedding_inputs, fields, files, config)
     if fields.get("dimensions") not in (None, services.embedding_dim):
         raise ApiError(400, f"dimensions must be {services.embedding_dim} (this CLIP's size) or left out", "dimensions")
     encoding = fields.get("encoding_format") or "float"
@@ -204,7 +207,7 @@ async def search(request: Request):
     fields, files = await read_body(request)
     index = need(services, "index")
     k = int_field(fields, "k", 12, 1, config.search_max_k)
-    images = images_of(fields, files, ("image",), limit=1)
+    images = await run_in_threadpool(images_of, fields, files, ("image",), 1)
     query = fields.get("query")
     if images and query:
         raise ApiError(400, "send either a text query or an image, not both", "query")
