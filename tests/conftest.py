@@ -18,3 +18,17 @@ def _seed_and_threads():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def serve_models(tmp_path_factory):
+    """Tiny CLIP + LiMBeR saved on disk and five shapes-world images, shared by the API / index / server tests."""
+    from serve_helpers import make_models, write_images
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serve-models")
+    models = make_models(root)
+    images = sorted(write_images(root / "images", 5).glob("*.png"))
+    torch.set_num_threads(threads)
+    return models, images

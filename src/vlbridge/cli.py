@@ -22,6 +22,7 @@ GROUP_HELP = {
     "train": "train a CLIP or a LiMBeR projector",
     "eval": "evaluate a CLIP: zero-shot, linear probe, retrieval, robustness",
     "score": "score captions (CIDEr-D, BLEU, ROUGE-L, CLIP-S) and VQA answers",
+    "index": "build, grow and query a CLIP search index over a dataset (served by `vlbridge serve --index`)",
 }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
 from tqdm.auto import tqdm
 
 from vlbridge.errors import BadInputError
@@ -97,7 +96,7 @@ def read_images(paths: list[str]):
 
 
 def run(args) -> int:
-    from vlbridge.models.generation import caption_images
+    from vlbridge.api import LimberModel
 
     if args.batch_size < 1:
         raise BadInputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -106,14 +105,11 @@ def run(args) -> int:
     model = load_model(args)
     if model.encoder is None:
         raise BadInputError(f"checkpoint {args.model} names no image encoder, so it cannot caption image files")
-    model.eval()
-    prompt = model.config.prompt if args.prompt is None else args.prompt
+    limber = LimberModel(model, name=str(args.model))  # the Python API the server and notebooks use too
     captions: list[str] = []
     starts = range(0, len(images), args.batch_size)
     for start in tqdm(starts, desc="caption", disable=len(starts) < 2, leave=False):
-        chunk = images[start : start + args.batch_size]
-        pixels = torch.stack([model.encoder.preprocess(image) for image in chunk])  # (b, 3, H, W)
-        captions.extend(caption_images(model, {"pixel_values": pixels}, prompt=prompt, config=config))
+        captions.extend(limber.caption(images[start : start + args.batch_size], prompt=args.prompt, config=config))
     if len(args.images) == 1:
         print(captions[0])
     else:
