@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from serve_helpers import write_images
 from vlbridge.errors import UserError

@@ -152,7 +152,7 @@ async def classify(request: Request):
 async def embeddings(request: Request):
     services, config = context(request)
     fields, files = await read_body(request)
-    clip = need(services, "clip", fields)
+    need(services, "clip", fields)  # 503 when no CLIP is served
     inputs = await run_in_threadpool(embedding_inputs, fields, files, config)
     if fields.get("dimensions") not in (None, services.embedding_dim):
         raise ApiError(400, f"dimensions must be {services.embedding_dim} (this CLIP's size) or left out", "dimensions")
