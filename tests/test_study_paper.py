@@ -30,7 +30,7 @@ USED_PATHS = {  # every PaperPaths field the recipe reads (coco_annotations is n
 # ------------------------------------------------------------------------------------ the recipe
 def test_paper_preset_is_the_limber_recipe():
     config = load_study_config("paper")
-    assert (config.preset, config.train_clip, config.train_ssl) == ("paper", False, False)
+    assert (config.preset, config.train_encoders) == ("paper", False)
     assert config.clip_table.datasets == []
     assert config.limber.encoders == {
         "clip": "clip-grid:{paper.clip_rn50x16}",
@@ -49,7 +49,9 @@ def test_paper_preset_is_the_limber_recipe():
     assert optim.min_lr_ratio == pytest.approx(1 - 15000 / 300000)  # the code's linear decay, at step 15k
     assert list(config.limber.caption_sets) == ["coco", "nocaps"]  # only these, COCO first (the headline)
     assert config.limber.caption_sets["coco"] == "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test"
-    assert config.limber.vqa_queries == config.limber.vqa_support == presets.VQAV2
+    assert config.limber.vqa_queries == presets.VQAV2 + "&n=5000" and config.limber.vqa_support == presets.VQAV2
+    assert config.limber.twins == {"clip": "random-clip", "supervised": "random-supervised"}
+    assert config.limber.ladder == ["self-supervised", "supervised", "clip"]
     assert config.limber.clip_scorer == "{paper.clip_scorer}"
     assert config.limber.shots == [0, 1, 2, 4]
 
@@ -122,7 +124,7 @@ def test_check_paths_accepts_existing_paths_and_names_each_missing_one(tmp_path)
     assert "cannot find 4 of its local files" in message
     lm = "paper.lm (GPT-J 6B HF directory, read by limber.train.lm)"
     assert f"{lm} = '{tmp_path / 'no-such-dir'}' does not exist" in message
-    images = "paper.coco_images (COCO val2014 image folder, read by limber.caption_sets.coco)"
+    images = "paper.coco_images (COCO val2014 image folder, read by limber.likelihood_set and 1 more)"
     assert f"{images} = '{paths.coco_karpathy}' is not a directory" in message
     scorer = "paper.clip_scorer (OpenAI ViT-B-32.pt, read by limber.clip_scorer)"
     assert f"{scorer} = '{tmp_path / 'lm'}' is not a file" in message
@@ -149,11 +151,11 @@ def test_cli_paper_preset_without_paths_exits_2_with_one_line(tmp_path, capsys):
 def test_dry_run_config_layers_user_file_standins_sizes_then_overrides(tmp_path):
     paths_file = paper.write_paths_config(real_paths(tmp_path / "p"), tmp_path / "paths.yaml")
     user_file = tmp_path / "mine.yaml"
-    user_file.write_text(yaml.safe_dump({"limber": {"vqa_max_questions": 99, "train": {"max_steps": 20000}},  # old key name
+    user_file.write_text(yaml.safe_dump({"limber": {"likelihood_set": "coco:x.json", "train": {"max_steps": 20000}},  # old key name
                                          "paper": {"lm": "/models/gpt-j"}}))
     config = paper.dry_run_config(paths_file, tmp_path / "out", str(user_file), ["limber.train.batch_size=2"])
     assert config.paper.lm == str(tmp_path / "p" / "lm")  # stand-ins replace the user's paths
-    assert config.limber.train.steps == 4 and config.limber.vqa_max_questions == 8  # tiny sizes win over the file
+    assert config.limber.train.steps == 4 and config.limber.likelihood_set.endswith("&n=8")  # tiny sizes win
     assert config.limber.train.batch_size == 2  # key=value overrides come last
     assert config.cache_dir == str(tmp_path / "out" / "cache")
     assert config.limber.encoders["supervised"] == "timm:nf_resnet50@{paper.nf_resnet50}:64px"
@@ -165,17 +167,21 @@ def test_dry_run_config_layers_user_file_standins_sizes_then_overrides(tmp_path)
 
 def test_missing_results_names_what_a_run_left_out(tmp_path):
     config = load_study_config("paper")
-    entry = {"sets": {"coco": {}, "nocaps": {}}, "by_domain": {d: {} for d in ("in", "near", "out", "entire")}}
+    entry = {"coco": {}, "nocaps": {"by_domain": {d: {} for d in ("in", "near", "out", "entire")}}}
     shots = {"0": 0.0, "1": 0.0, "2": 0.0, "4": 0.0}
     results = {"captioning": {k: entry for k in config.limber.encoders},
+               "likelihood": {k: {} for k in config.limber.encoders},
+               "findings": [{"id": c, "effect": 0.1} for c in ("C1", "C2", "C3", "C4", "C5")],
                "vqa": {**{k: shots for k in config.limber.encoders}, "blind": {"0": 0.0}}}
     for name in ("results.json", "report.md", "report.html"):
         (tmp_path / name).write_text("x")
     assert paper.missing_results(results, config, tmp_path) == ["vqa[blind][1]", "vqa[blind][2]", "vqa[blind][4]"]
-    results["captioning"]["clip"] = {"sets": {"coco": {}}, "by_domain": {"in": {}}}
+    results["captioning"]["clip"] = {"coco": {}, "nocaps": {"by_domain": {"in": {}}}}
+    results["findings"][3]["effect"] = None
     (tmp_path / "report.html").unlink()
-    assert paper.missing_results(results, config, tmp_path)[:3] == [
-        "report.html", "captioning[clip].sets.nocaps", "captioning[clip].by_domain in/near/out/entire"]
+    assert paper.missing_results(results, config, tmp_path) == [
+        "report.html", "captioning[clip].nocaps.by_domain in/near/out/entire", "findings C4",
+        "vqa[blind][1]", "vqa[blind][2]", "vqa[blind][4]"]
 
 
 # ------------------------------------------------------------------------------------ stand-ins
@@ -254,18 +260,20 @@ def test_dry_run_runs_the_paper_recipe_end_to_end(tmp_path, capsys):
     assert verdict.startswith("paper dry run passed in ")
     results = json.loads((out / "results.json").read_text())
     encoders = ["clip", "supervised", "self-supervised", "random-clip", "random-supervised"]
-    assert results["config"]["preset"] == "paper" and results["config"]["cache_dir"] == str(tmp_path / "cache")
+    assert results["config"]["preset"] == "paper" and results["config"]["cache_dir"] == ""  # no path recorded
     assert list(results["captioning"]) == encoders
     for encoder in encoders:
         entry = results["captioning"][encoder]
-        assert list(entry["sets"]) == ["coco", "nocaps"]
-        assert set(entry["by_domain"]) == {"in", "near", "out", "entire"}
-        assert entry["CIDEr-D"] == entry["sets"]["coco"]["CIDEr-D"]  # COCO is the headline set
-        assert entry["scorer"].startswith("openai:") and entry["CLIP-S"] is not None
+        assert list(entry) == ["coco", "nocaps"]  # COCO first: the headline set
+        assert set(entry["nocaps"]["by_domain"]) == {"in", "near", "out", "entire"}
+        assert entry["coco"]["clip_scorer"].startswith("openai:") and entry["coco"]["CLIP-S"] is not None
+    assert set(results["likelihood"]) == {*encoders, "blind"}  # COCO test captions' NLL; no text ceiling here
+    by_id = {f["id"]: f for f in results["findings"]}
+    assert by_id["C1"]["effect"] is None and by_id["C3"]["effect"] is not None and by_id["C5"]["n"] == 8
     assert list(results["vqa"]) == [*encoders, "blind"]
     assert all(list(shots) == ["0", "1", "2", "4"] for shots in results["vqa"].values())
     assert (out / "report.md").read_text().startswith("# vlbridge study report (paper preset)")
     assert (out / "report.html").is_file()
     paths = yaml.safe_load((out / "standins" / "paper-paths.yaml").read_text())["paper"]
     assert results["config"]["paper"] == paths
-    assert not (tmp_path / "cache" / "clip").exists()  # no CLIP is trained in the paper recipe
+    assert not (tmp_path / "cache" / "rung").exists()  # no encoder is trained in the paper recipe

@@ -53,7 +53,7 @@ SHAPES_DEFAULT_IMAGE_SIZE = 64  # shapes image side without image_size=, pixels
 SHAPES_DEFAULT_MAX_OBJECTS = 3  # most shapes per image without max_objects=
 FOLDER_TEST_FRACTION = 0.2  # share of each class of an ImageFolder without split folders that is "test"
 SEPARATORS = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}  # csv sep= spellings
-VQA_SPECS = "vqav2:QUESTIONS?..., jsonl:FILE of VQA lines or shapes"
+VQA_SPECS = "vqav2:QUESTIONS?..., jsonl:FILE of VQA lines, shapes or objects"
 
 
 @dataclass
@@ -99,6 +99,8 @@ def load_dataset(
     skips = SkipCounter(spec) if skips is None else skips
     if parsed.scheme == "shapes":
         parsed, records, classnames = _shapes(parsed, task)
+    elif parsed.scheme == "objects":
+        parsed, records, classnames = _objects(parsed, task)
     elif parsed.scheme in NAMED:
         records, classnames = _embedded(parsed, task, skips)
         records = _take(records, parsed)
@@ -156,6 +158,52 @@ def _shapes(spec: DataSpec, task: str) -> tuple[DataSpec, list, list[str]]:
             raise UserError(f"{spec.text()!r}: VQA questions are asked about unshifted images; drop shift=")
         return spec, shapes.vqa_records(n, split, seed, domain, image_size, max_objects), []
     return spec, shapes.image_text_records(n, split, seed, domain, image_size, shift, max_objects), []
+
+
+# ------------------------------------------------------------------------------ the objects world
+def _objects(spec: DataSpec, task: str) -> tuple[DataSpec, list, list[str]]:
+    """(spec with its defaults written in, records, class names) of the objects world (shapes + things)."""
+    from vlbridge.data import objects
+
+    split = spec.options.get("split", SHAPES_DEFAULT_SPLIT)
+    if split not in objects.SPLITS:
+        raise UserError(f"dataset 'objects' has splits {', '.join(objects.SPLITS)}; got split={split!r}")
+    shift = spec.options.get("shift")
+    if shift is not None and shift not in objects.SHIFTS:
+        raise UserError(f"objects option shift= expects one of {', '.join(objects.SHIFTS)}; got {shift!r}")
+    n = spec.count("n") or SHAPES_DEFAULT_N[split]
+    seed = spec.integer("seed", 0)
+    image_size = spec.integer("image_size", SHAPES_DEFAULT_IMAGE_SIZE)
+    spec = spec.with_options(split=split, n=n, seed=seed, image_size=image_size)
+    if task == "classification":
+        if "max_objects" in spec.options or "things" in spec.options:
+            raise UserError(f"{spec.text()!r}: the classification view holds single objects of one label set; "
+                            "max_objects= and things= do not apply (choose the set with classes=)")
+        classes = spec.options.get("classes", "things")
+        records = objects.classification_records(n, split, seed, classes, shift, image_size)
+        return spec, records, objects.object_classes(classes)
+    if "classes" in spec.options:
+        raise UserError(f"{spec.text()!r}: classes= chooses the classification view's labels; drop it here")
+    max_objects = spec.integer("max_objects", objects.DEFAULT_MAX_OBJECTS)
+    things = _fraction(spec, "things", objects.DEFAULT_THING_FRACTION)
+    if task == "vqa":
+        if shift is not None:
+            raise UserError(f"{spec.text()!r}: VQA questions are asked about unshifted images; drop shift=")
+        return spec, objects.vqa_records(n, split, seed, image_size, max_objects, things), []
+    return spec, objects.image_text_records(n, split, seed, image_size, shift, max_objects, things), []
+
+
+def _fraction(spec: DataSpec, name: str, default: float) -> float:
+    value = spec.options.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"{spec.text()!r}: {name}= expects a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise UserError(f"{spec.text()!r}: {name}= expects a number between 0 and 1, got {value!r}")
+    return number
 
 
 # ------------------------------------------------------------------------------ embedded sets

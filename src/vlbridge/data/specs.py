@@ -15,6 +15,10 @@ Schemes and names, with the options only they take:
     vqav2:QUESTIONS?annotations=A&images=DIR[&subtype=S]   VQAv2 (VQA only)
     imagefolder:DIR                 DIR/<class>/<image> or DIR/<split>/<class>/<image>
     shapes[?shift=..&domain=..&image_size=..&max_objects=..]   the procedural shapes world
+    objects[?shift=..&image_size=..&max_objects=..&things=..&classes=..]   shapes and named
+                                    Twemoji things (things= share of objects that are things,
+                                    0..1; classes= label set of the classification view:
+                                    things | shapes | all)
     twemoji | openclipart | animal-silhouettes | fashion-mnist  the embedded data sets
 
 Options every spec takes, with one meaning everywhere (`vlbridge.data.datasets` applies them):
@@ -46,9 +50,10 @@ SCHEMES = {  # scheme -> the options it takes besides SELECTION_OPTIONS
 }
 NAMED = {  # dataset names without a path -> the options they take besides SELECTION_OPTIONS
     "shapes": ("shift", "domain", "image_size", "max_objects"),
+    "objects": ("shift", "image_size", "max_objects", "things", "classes"),
     "twemoji": (), "openclipart": (), "animal-silhouettes": (), "fashion-mnist": (),
 }
-NOT_FOR = {"shapes": ("first",)}  # selection options a dataset refuses (shapes: n= already is "the first n")
+NOT_FOR = {"shapes": ("first",), "objects": ("first",)}  # selection options a dataset refuses (shapes: n= already is "the first n")
 LEGACY_SHIFT = "shapes-shift:"  # old spelling of shapes?shift=
 _SAFE = "/:@{}.,+-_~*"  # characters left unquoted when a spec is written back
 
@@ -158,6 +163,6 @@ def with_request(parsed: DataSpec, split: str | None = None, n: int | None = Non
         values["n"] = n
     if "seed" not in parsed.options:
         values["seed"] = seed
-    if parsed.scheme == "shapes" and "image_size" not in parsed.options:
+    if parsed.scheme in ("shapes", "objects") and "image_size" not in parsed.options:
         values["image_size"] = image_size
     return parsed.with_options(**values)

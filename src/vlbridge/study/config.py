@@ -1,8 +1,8 @@
-"""`StudyConfig`: every knob of `vlbridge study`, and the presets (quick / default / paper).
+"""`StudyConfig`: every knob of `vlbridge study` (presets: `vlbridge.study.presets`).
 
-The study reuses the trainers' own configs (`ClipTrainConfig`, `SSLTrainConfig`,
-`LimberTrainConfig`), so a study stage trains exactly what the matching `vlbridge train ...`
-command would. Presets (`vlbridge.study.presets`) are partial override trees applied on top of the defaults; a config
+The study reuses the trainers' own configs (`ClipTrainConfig` for the supervision ladder's
+shared recipe, `LimberTrainConfig` for projectors), so a study stage trains exactly what the
+matching `vlbridge train ...` command would. Presets (`vlbridge.study.presets`) are partial override trees applied on top of the defaults; a config
 file and `key=value` overrides then apply on top of the preset, and the resolved config is
 written into results.json.
 """
@@ -15,29 +15,48 @@ from typing import Any
 from vlbridge.config import from_dict, merge, parse_overrides, read_mapping, rename_keys, to_dict
 from vlbridge.errors import UserError
 from vlbridge.study.presets import PRESETS
-from vlbridge.evaluation.vqa import QUESTION_TEMPLATE
+from vlbridge.evaluation.vqa import FROZEN_TEMPLATE
 from vlbridge.training.clip import ClipTrainConfig
+from vlbridge.training.clip_data import ClipDataConfig
 from vlbridge.training.limber import LimberTrainConfig
-from vlbridge.training.ssl import SSLTrainConfig
 
-DEFAULT_ENCODERS = {  # study key -> encoder spec; {clip} / {ssl} are filled with the trained runs
-    "clip": "clip:{clip}",
-    "supervised": "efficientnet-lite0:128px",  # 128 px: the embedded images are 28-64 px; 3x cheaper than 224
-    "self-supervised": "ssl:{ssl}",
-    "random-clip": "random:clip:{clip}",
-    "random-supervised": "random:efficientnet-lite0:128px",
+LADDER = ("random", "self-supervised", "labels", "clip")  # the supervision ladder, least language first
+LANGUAGE_SUPERVISION = {"random": "random", "self-supervised": "none", "labels": "labels", "clip": "captions"}
+DEFAULT_ENCODERS = {  # study key -> encoder spec; {tower:RUNG} is the ladder's trained tower of that rung
+    **{rung: f"tower:{{tower:{rung}}}" for rung in LADDER},
+    "efficientnet": "efficientnet-lite0:128px",  # external reference: ImageNet-supervised; 128 px for the 64 px images
 }
+DEFAULT_TWINS = {"self-supervised": "random", "labels": "random", "clip": "random"}  # trained -> random-init twin
+TRAIN_MIX = "objects?max_objects=2&things=0.5"  # the ladder's training images (captions name things and shapes)
+
+
+@dataclass
+class LadderConfig:
+    """One backbone trained four ways on the same images, steps and augmentations (see training/tower.py)."""
+
+    train: ClipTrainConfig = field(default_factory=lambda: ClipTrainConfig(
+        data=ClipDataConfig(source=TRAIN_MIX)))  # the shared recipe: CLIP trains it as is, the towers reuse it
+    rungs: list[str] = field(default_factory=lambda: list(LADDER))  # which rungs to build
+    temperature: float = 0.1  # self-supervised rung: SimCLR temperature
+
+
+@dataclass
+class ScorerConfig:
+    """The CLIP that scores generated captions (CLIP-S / RefCLIP-S)."""
+
+    independent: bool = False  # train a separate CLIP (another seed) so the scorer is none of the compared encoders
+    seed_offset: int = 1000  # the independent scorer's seed = study seed + this
 
 
 @dataclass
 class ClipTableConfig:
     """The CLIP table: zero-shot vs linear probes, and robustness under shift."""
 
-    datasets: list[str] = field(default_factory=lambda: ["shapes", "fashion-mnist", "animal-silhouettes", "openclipart"])  # evaluated datasets
-    shifts: list[str] = field(default_factory=lambda: ["sketch", "noisy", "blur", "invert"])  # shapes-world shifts
+    datasets: list[str] = field(default_factory=lambda: ["shapes", "objects?classes=things"])  # first = C1/C2 headline
+    shifts: list[str] = field(default_factory=lambda: ["sketch", "noisy", "blur", "invert"])  # shifts of the first dataset
     model: str = "{clip}"  # the CLIP whose zero-shot classifier is evaluated (load_clip spec)
-    probe_encoders: dict[str, str] = field(default_factory=lambda: {  # name -> encoder spec of probed features
-        "clip": "clip:{clip}", "supervised": "efficientnet-lite0:128px"})
+    probe_encoders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENCODERS))  # probed features (C2 trend)
+    clip_probe: str = "clip"  # the probe_encoders key holding the zero-shot CLIP's own features (C1)
     n_train: int = 1000  # probe training images per dataset (seeded subset)
     n_test: int = 500  # evaluation images per dataset (seeded subset)
     templates: str = "dataset"  # zero-shot templates: dataset (its own set if shipped, else simple) | simple | openai | a file
@@ -48,19 +67,27 @@ class ClipTableConfig:
 
 @dataclass
 class LimberStudyConfig:
-    """The LiMBeR table: one projector per encoder, captioning and few-shot VQA."""
+    """The LiMBeR table: one projector per encoder; caption likelihood, captioning and few-shot VQA."""
 
     encoders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENCODERS))  # study key -> encoder spec
+    twins: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TWINS))  # trained key -> random-init twin (C3)
+    ladder: list[str] = field(default_factory=lambda: list(LADDER))  # keys ordered by language supervision (C4)
+    clip_key: str = "clip"  # the caption-supervised key (C4, C5)
+    no_language_key: str = "self-supervised"  # the key trained without language (C4)
     train: LimberTrainConfig = field(default_factory=LimberTrainConfig)  # projector training (encoder filled per key)
-    caption_sets: dict[str, str] = field(default_factory=lambda: {  # name -> held-out data spec (first = headline)
-        "shapes": "shapes?split=test&n=150", "twemoji": "twemoji?split=test&first=100"})
-    vqa_queries: str = "shapes?split=test&n=40"  # VQA questions asked (data spec for load_vqa)
-    vqa_max_questions: int = 120  # cap on questions (seeded subset)
-    vqa_support: str = "shapes?split=train&n=200"  # where the shots are drawn from
+    ablations: bool = True  # clip_key also: closed form only, and default init + training (NLL only)
+    likelihood_set: str = "objects?split=test&n=300"  # held-out images whose reference captions are scored (NLL)
+    text_ceiling: bool = True  # also score each caption given another reference caption as text
+    caption_sets: dict[str, str] = field(default_factory=lambda: {  # name -> generated-caption set (first = headline)
+        "objects": "objects?split=test&n=64"})
+    vqa_queries: str = "objects?split=test&n=100"  # images whose questions are asked (data spec for load_vqa)
+    vqa_per_type: int = 20  # questions kept per answer type (seeded); 0 = every question
+    vqa_support: str = "objects?split=train&n=200"  # where the shots are drawn from
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # shot counts
-    vqa_template: str = QUESTION_TEMPLATE  # VQA query text; a shot adds " {answer}\n" (LiMBeR's wording)
-    clip_scorer: str = "{clip}"  # CLIP for CLIP-S / RefCLIP-S (load_clip spec; {clip} = the trained CLIP)
-    batch_size: int = 32  # prompts / images generated together
+    demo_sets: int = 5  # fixed demonstration lists per shot count (each question uses one)
+    vqa_template: str = FROZEN_TEMPLATE  # VQA query text; a shot adds " {answer}\n"
+    clip_scorer: str = "{scorer}"  # CLIP for CLIP-S / RefCLIP-S ({scorer}: see ScorerConfig)
+    batch_size: int = 32  # prompts / images run together
     sample_images: int = 8  # images in the report's caption grid
 
 
@@ -92,10 +119,10 @@ class StudyConfig:
     seed: int = 0  # seeds every stage
     device: str = "auto"  # "auto" (GPU if available), "cpu", "cuda", ...
     cache_dir: str = ""  # stage cache; "" = <VLBRIDGE_CACHE>/study
-    train_clip: bool = True  # train a CLIP on the embedded data (paper preset: use pretrained files)
-    train_ssl: bool = True  # train the self-supervised encoder (paper preset: BEiT weights from disk)
-    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)  # the CLIP trained on the embedded data
-    ssl: SSLTrainConfig = field(default_factory=SSLTrainConfig)  # the self-supervised encoder
+    n_seeds: int = 1  # independent repeats (encoders, projectors, shot sampling): seed, seed+1, ...
+    train_encoders: bool = True  # train the supervision ladder (paper preset: pretrained files instead)
+    ladder: LadderConfig = field(default_factory=LadderConfig)  # the encoders compared
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)  # the CLIP-S / RefCLIP-S scorer
     clip_table: ClipTableConfig = field(default_factory=ClipTableConfig)  # zero-shot / probe / robustness
     limber: LimberStudyConfig = field(default_factory=LimberStudyConfig)  # projectors, captioning, VQA
     paper: PaperPaths = field(default_factory=PaperPaths)  # only read by the paper preset
@@ -116,6 +143,11 @@ def load_study_config(preset: str = "default", path: str | None = None, override
     for key, spec in config.limber.encoders.items():
         if not isinstance(spec, str) or not spec:
             raise UserError(f"limber.encoders.{key} must be an encoder spec string, got {spec!r}")
+    if config.n_seeds < 1:
+        raise UserError(f"n_seeds must be at least 1, got {config.n_seeds}")
+    unknown = [r for r in config.ladder.rungs if r not in LADDER]
+    if unknown:
+        raise UserError(f"ladder.rungs: unknown rung(s) {unknown}; choose from {', '.join(LADDER)}")
     return config
 
 

@@ -1,8 +1,8 @@
 """`--preset paper`: the LiMBeR paper's recipe at real scale, its path check, and its dry run.
 
 The paper preset reproduces the LiMBeR table (Merullo et al., ICLR 2023, "Linearly Mapping
-from Image to Text Space"): no CLIP is trained and no CLIP table is made (`train_clip` /
-`train_ssl` off, `clip_table.datasets` empty); one linear projector per image encoder into a
+from Image to Text Space"): no encoder is trained and no CLIP table is made (`train_encoders`
+off, `clip_table.datasets` empty); one linear projector per image encoder into a
 frozen GPT-J 6B, trained on CC3M, then COCO (Karpathy test) and NoCaps (in / near / out)
 captioning and VQAv2 few-shot VQA with a blind baseline. Every file comes from the local paths
 of `config.paper` (`PaperPaths`), named in specs as `{paper.FIELD}`; nothing is downloaded.
@@ -147,11 +147,13 @@ def missing_results(results: dict, config: StudyConfig, out_dir: Path) -> list[s
     shots = [str(n) for n in config.limber.shots]
     for encoder in config.limber.encoders:
         entry = results.get("captioning", {}).get(encoder, {})
-        missing += [f"captioning[{encoder}].sets.{name}" for name in config.limber.caption_sets
-                    if name not in entry.get("sets", {})]
-        has_nocaps = any(spec.startswith("nocaps:") for spec in config.limber.caption_sets.values())
-        if has_nocaps and not {"in", "near", "out", "entire"} <= set(entry.get("by_domain", {})):
-            missing.append(f"captioning[{encoder}].by_domain in/near/out/entire")
+        missing += [f"captioning[{encoder}].{name}" for name in config.limber.caption_sets if name not in entry]
+        for name, spec in config.limber.caption_sets.items():
+            if spec.startswith("nocaps:") and not {"in", "near", "out", "entire"} <= set(entry.get(name, {}).get("by_domain", {})):
+                missing.append(f"captioning[{encoder}].{name}.by_domain in/near/out/entire")
+    missing += [f"likelihood[{encoder}]" for encoder in config.limber.encoders if encoder not in results.get("likelihood", {})]
+    missing += [f"findings {claim}" for claim in ("C3", "C4", "C5")
+                if claim not in {f["id"] for f in results.get("findings", []) if f.get("effect") is not None}]
     for encoder in [*config.limber.encoders, "blind"]:
         missing += [f"vqa[{encoder}][{n}]" for n in shots if n not in results.get("vqa", {}).get(encoder, {})]
     return missing

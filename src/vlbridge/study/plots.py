@@ -79,6 +79,26 @@ def lines_by_shots(series: dict[str, dict[str, float]], path: Path, title: str) 
     return _save(fig, path)
 
 
+def intervals(labels: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+              path: Path, title: str, xlabel: str, reference: float | None = None,
+              colours: Sequence[str] | None = None) -> Path:
+    """Point estimates with 95 % interval bars, one row per label (top to bottom), optional reference line."""
+    fig, ax = plt.subplots(figsize=(6.8, 0.55 * len(labels) + 1.4))
+    y = np.arange(len(labels))[::-1]
+    for row, value, low, high, colour in zip(y, values, lows, highs, colours or ["C0"] * len(labels)):
+        if value is None or not np.isfinite(value):
+            continue
+        below, above = max(0.0, value - low), max(0.0, high - value)  # a percentile interval may sit off the estimate
+        ax.errorbar([value], [row], xerr=[[below], [above]], fmt="o", color=colour, capsize=4)
+    if reference is not None:
+        ax.axvline(reference, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def similarity_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
                        path: Path, title: str) -> Path:
     """Cosine-similarity matrix between images (rows) and captions (columns)."""

@@ -2,6 +2,7 @@
 
     quick    every stage at toy size (a smoke test; CI runs it)
     default  the embedded-default experiment (`make demo`), sized for 2 CPU cores
+    full     the powered version: 3 seeds, >= 500 questions, >= 1000 NLL captions, an independent scorer
     paper    the LiMBeR paper's recipe at real scale, from local paths (`PaperPaths`)
 
 `vlbridge.study.config.load_study_config` applies one of them on top of the dataclass defaults,
@@ -43,10 +44,16 @@ VQAV2 = "vqav2:{paper.vqav2_questions}?annotations={paper.vqav2_annotations}&ima
 
 PAPER_PRESET: dict[str, Any] = {
     "device": "auto",  # GPU when there is one: GPT-J 6B needs it
-    "train_clip": False,  # pretrained CLIP RN50x16 from paper.clip_rn50x16
-    "train_ssl": False,  # pretrained BEiT-large from paper.beit_large
+    "train_encoders": False,  # pretrained CLIP RN50x16, NF-ResNet50 and BEiT-large from disk
     "clip_table": {"datasets": []},  # the LiMBeR table only
     "limber": {
+        "twins": {"clip": "random-clip", "supervised": "random-supervised"},
+        "ladder": ["self-supervised", "supervised", "clip"],  # BEiT (none), NF-ResNet50 (labels), CLIP (captions)
+        "ablations": False,
+        "likelihood_set": "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test&n=1000",
+        "text_ceiling": False,
+        "vqa_per_type": 0,
+        "shots": [0, 1, 2, 4],
         "encoders": {
             "clip": "clip-grid:{paper.clip_rn50x16}",  # 144 tokens of 3072
             "supervised": f"timm:nf_resnet50@{{paper.nf_resnet50}}:{NFRN50_PX}px",  # pooled 2048 -> k tokens
@@ -70,8 +77,7 @@ PAPER_PRESET: dict[str, Any] = {
             "coco": "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test",
             "nocaps": "nocaps:{paper.nocaps_json}?images={paper.nocaps_images}",
         },
-        "vqa_queries": VQAV2,
-        "vqa_max_questions": 5000,  # seeded subset of VQAv2 val's 214k questions (each asked at 4 shot counts)
+        "vqa_queries": VQAV2 + "&n=5000",  # seeded subset of VQAv2 val's 214k questions (each asked at 4 shot counts)
         "vqa_support": VQAV2,  # shots never show the query's own image (evaluation.vqa.choose_shots)
         "clip_scorer": "{paper.clip_scorer}",
     },
@@ -81,42 +87,69 @@ DRY_RUN_SIZES: dict[str, Any] = {  # on top of the recipe: seconds per stage on 
     "limber": {
         "train": {"steps": 4, "batch_size": 4, "log_every": 1, "optim": {"warmup_steps": 1},
                   "data": {"extract_batch_size": 8}},
-        "vqa_max_questions": 8,
+        "vqa_queries": VQAV2 + "&n=8",
+        "likelihood_set": "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test&n=8",
         "batch_size": 8,
         "sample_images": 4,
     },
 }
 
 
+LADDER_MIX = ("shapes?max_objects=2&n={shapes} + objects?max_objects=2&things=0.5&n={objects}")  # ladder training images
+EVAL_OBJECTS = "objects?split=test&max_objects=2&things=0.5"  # held-out scenes the LM side is scored on
+
+
+def _ladder(steps: int, batch: int, shapes: int, objects: int, eval_n: int) -> dict[str, Any]:
+    """The supervision ladder's shared recipe: `vlbridge train clip`'s, on the mixed world."""
+    return {"train": {"steps": steps, "batch_size": batch, "checkpoint_every": 0,
+                      "eval": {"every": 0, "n": eval_n},
+                      "data": {"source": LADDER_MIX.format(shapes=shapes, objects=objects)}}}
+
+
+def _limber(steps: int, n_train: int, nll: int, captions: int, vqa_images: int, per_type: int,
+            demo_sets: int) -> dict[str, Any]:
+    return {
+        # LiMBeR's optimiser (AdamW 8e-4, betas 0.9/0.95) from a closed-form start whose ridge is
+        # chosen on held-out images; k = 8 prefix vectors hold a whole short caption
+        "train": {"steps": steps, "batch_size": 16, "num_prefix_tokens": 8, "projector_init": "caption-ridge",
+                  "ridge_candidates": [1e-3, 1e-2, 1e-1, 1.0], "checkpoint_every": 0, "log_every": 1,
+                  "data": {"dataset": "objects?max_objects=2&things=0.5", "n": n_train},
+                  "optim": {"lr": 8e-4, "warmup_steps": max(1, steps // 6)}},
+        "likelihood_set": f"{EVAL_OBJECTS}&n={nll}",
+        "caption_sets": {"objects": f"{EVAL_OBJECTS}&n={captions}"},
+        "vqa_queries": f"{EVAL_OBJECTS}&n={vqa_images}",
+        "vqa_per_type": per_type,
+        "vqa_support": "objects?split=train&max_objects=2&things=0.5&n=200",
+        "demo_sets": demo_sets,
+    }
+
+
 CPU_PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {  # a smoke test of every stage (CI): <= 3 minutes on 2 CPU cores
-        "clip": {"steps": 30, "batch_size": 32, "eval": {"every": 0, "n": 52},
-                 "data": {"shapes_n": 512, "twemoji": False, "openclipart": False}},
-        "ssl": {"steps": 6, "batch_size": 16, "n_images": 64},
-        "clip_table": {"datasets": ["shapes", "fashion-mnist"], "shifts": ["sketch"],
-                       "n_train": 104, "n_test": 52, "probe_c_steps": 2, "probe_max_iter": 50},
-        "limber": {"train": {"steps": 6, "batch_size": 8, "data": {"n": 64}, "projector_init": "caption-ridge",
-                             "num_prefix_tokens": 8},
-                   "caption_sets": {"shapes": "shapes?split=test&n=9", "twemoji": "twemoji?split=test&first=3"},
-                   "vqa_queries": "shapes?split=test&n=2", "vqa_max_questions": 4,
-                   "vqa_support": "shapes?split=train&n=8", "sample_images": 4,
-                   "vqa_template": FROZEN_TEMPLATE},
+    "quick": {  # every stage at toy size (CI's smoke test): <= 4 minutes on 2 CPU cores
+        "ladder": _ladder(steps=8, batch=32, shapes=256, objects=256, eval_n=52),
+        "clip_table": {"shifts": ["sketch", "blur"], "n_train": 104, "n_test": 52, "probe_c_steps": 2,
+                       "probe_max_iter": 50},
+        "limber": {**_limber(steps=3, n_train=64, nll=12, captions=4, vqa_images=4, per_type=2, demo_sets=2),
+                   "batch_size": 8, "sample_images": 4},
     },
-    "default": {  # the embedded-default experiment: <= 15 minutes on 2 CPU cores
-        # `vlbridge train clip`'s default recipe (vl-tiny-rn, batch 512), 160 of its 180 steps for time
-        "clip": {"steps": 160},
-        "ssl": {"steps": 75},
-        "clip_table": {"n_train": 250, "n_test": 250, "probe_c_steps": 4, "probe_max_iter": 200},
-        # the frozen LM dominates (~3.3 s per step of 16 captions on 2 cores): the projector starts
-        # from the closed-form caption-ridge fit on 768 images, then 8 gradient steps through the LM;
-        # 8 prefix vectors hold a whole short caption (CIDEr-D of the CLIP projector 0.25, against 0.08 with 4)
-        "limber": {"train": {"steps": 8, "batch_size": 16, "data": {"n": 768}, "num_prefix_tokens": 8,
-                             "projector_init": "caption-ridge", "optim": {"lr": 1e-4, "warmup_steps": 2}},
-                   "caption_sets": {"shapes": "shapes?split=test&n=48", "twemoji": "twemoji?split=test&first=16"},
-                   "vqa_queries": "shapes?split=test&n=8", "vqa_max_questions": 20,
-                   "vqa_support": "shapes?split=train&n=100",
-                   # Frozen's wording: with SmolLM2-135M it reads the image better than "Q: A:" (docs/STUDY.md)
-                   "vqa_template": FROZEN_TEMPLATE},
+    "default": {  # the embedded-default experiment (`make demo`): <= 15 minutes on 2 CPU cores
+        "ladder": _ladder(steps=160, batch=512, shapes=10000, objects=10000, eval_n=520),
+        "clip_table": {"n_train": 520, "n_test": 520, "probe_c_steps": 4, "probe_max_iter": 200},
+        "limber": _limber(steps=12, n_train=768, nll=300, captions=64, vqa_images=60, per_type=20, demo_sets=5),
+    },
+    "full": {  # the powered version: 3 seeds, an independent scorer, the EfficientNet twin; <= 60 minutes
+        "n_seeds": 3,
+        "scorer": {"independent": True},
+        "ladder": _ladder(steps=160, batch=512, shapes=10000, objects=10000, eval_n=520),
+        "clip_table": {"n_train": 1040, "n_test": 1040, "probe_c_steps": 4, "probe_max_iter": 200},
+        "limber": {**_limber(steps=24, n_train=1024, nll=1000, captions=200, vqa_images=200, per_type=100,
+                             demo_sets=8),
+                   "encoders": {**{rung: f"tower:{{tower:{rung}}}" for rung in
+                                   ("random", "self-supervised", "labels", "clip")},
+                                "efficientnet": "efficientnet-lite0:128px",
+                                "random-efficientnet": "random:efficientnet-lite0:128px"},
+                   "twins": {"self-supervised": "random", "labels": "random", "clip": "random",
+                             "efficientnet": "random-efficientnet"}},
     },
 }
 

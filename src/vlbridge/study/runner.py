@@ -1,13 +1,17 @@
-"""`run_study`: the encoder-comparison experiment end to end, stage by stage, cached.
+"""`run_study`: the study end to end, stage by stage, cached, for each seed.
 
-Stages (each content-hashed, see cache.py; a rerun only redoes what changed):
-    clip         train a CLIP on the embedded image-text data
-    ssl          train the self-supervised encoder (no language)
-    clip-table   zero-shot vs linear probes per dataset, robustness under shapes-world shifts
-    projector/K  one LiMBeR projector per encoder key K (clip, supervised, ...)
-    limber-eval/K  captioning (shapes by domain, Twemoji) and few-shot VQA for K
-    blind        the no-image VQA baseline
-then `report.write_report` turns the numbers into results.json, report.md and report.html.
+Stages per seed (each content-hashed, see cache.py; a rerun only redoes what changed):
+    rung/R           the supervision ladder: one backbone made four ways (clip_stages.build_rung)
+    scorer           an independent CLIP for CLIP-S / RefCLIP-S (scorer.independent only)
+    clip-table       zero-shot vs linear probes per dataset, robustness under shifts
+    projector/K      one LiMBeR projector per encoder key K; projector/clip:closed-form and
+                     projector/clip:plain are the ablation rows
+    eval/K           caption NLL, generated captions, few-shot VQA (NLL only for ablations)
+    baselines        blind NLL and VQA, text-ceiling NLL
+then `measure.assemble` turns the stage outputs into results.json (findings with intervals,
+tables, sizes, encoders, environment) and `report.write_report` writes report.md / .html.
+Keys are made from config sections and upstream keys, never from paths, and results.json holds
+no path, so two runs with separate caches give the same results.json apart from timing_s.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlbridge.config import to_dict
 from vlbridge.data.features import FeatureStore
-from vlbridge.study import clip_stages, limber_stages
+from vlbridge.study import clip_stages, limber_stages, measure
 from vlbridge.study.cache import StageCache, StageResult, content_key
 from vlbridge.study.config import StudyConfig
+from vlbridge.study.placeholders import fill, needs
 from vlbridge.study.report import ReportExtras, write_report
 
 log = logging.getLogger(__name__)
@@ -47,57 +53,95 @@ class StudyRun:
     def stage(self, name: str, key: str, build) -> StageResult:
         self.announce(f"[study] {name} ...")
         started = time.perf_counter()
-        result = self.cache.run(name, key, build)
+        result = self.cache.run(name.split("@")[0], key, build)
         self.timing[name] = time.perf_counter() - started
         state = "cached" if result.reused else "done"
         self.announce(f"[study] {name}: {state} in {self.timing[name]:.1f}s")
         return result
 
 
+@dataclass
+class SeedOutputs:
+    """What one seed's stages produced (folders and parsed JSON)."""
+
+    seed: int
+    folders: dict[str, Path] = field(default_factory=dict)  # placeholder -> folder ({tower:R}, {clip}, {scorer})
+    encoders: dict[str, dict] = field(default_factory=dict)  # rung -> summary.json
+    clip_table: dict | None = None  # table.json
+    projectors: dict[str, Path] = field(default_factory=dict)  # key (or key:variant) -> projector folder
+    projector_info: dict[str, dict] = field(default_factory=dict)  # key -> losses.json
+    evals: dict[str, dict] = field(default_factory=dict)  # key (or key:variant) -> eval.json
+    baselines: dict = field(default_factory=dict)  # eval.json of the no-image baselines
+
+
 def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, announce=print) -> dict:
-    """Run every stage (reusing cached ones), write the report into out_dir, return results."""
+    """Run every stage of every seed (reusing cached ones), write the report into out_dir, return results."""
     run = StudyRun(config, force, announce)
-    clip_dir = ssl_dir = None
-    upstream: dict[str, str] = {}  # stage keys later stages depend on
-    if config.train_clip:
-        clip = run.stage("clip", content_key(to_dict(config.clip), config.seed), lambda d: clip_stages.build_clip(config, d))
-        clip_dir, upstream["clip"] = clip.path, clip.key
-    if config.train_ssl:
-        ssl = run.stage("ssl", content_key(to_dict(config.ssl), config.seed), lambda d: _build_ssl(config, d))
-        ssl_dir, upstream["ssl"] = ssl.path, ssl.key
-    fill = lambda spec: limber_stages.fill_spec(spec, config, clip_dir, ssl_dir)  # noqa: E731
-    specs = {key: fill(template) for key, template in config.limber.encoders.items()}
-    results: dict = {"clip": {}, "captioning": {}, "vqa": {}}
-    if config.clip_table.datasets:
-        clip_spec = fill(config.clip_table.model)
-        probe_specs = {key: fill(spec) for key, spec in config.clip_table.probe_encoders.items()}
-        table = run.stage("clip-table", content_key(upstream, clip_spec, probe_specs, to_dict(config.clip_table)),
-                          lambda d: clip_stages.build_clip_table(config, clip_spec, probe_specs, run.store, d))
-        results["clip"] = json.loads((table.path / "table.json").read_text())
-    scorer = _clip_scorer(fill(config.limber.clip_scorer), config) if config.limber.clip_scorer else None
-    evals, curves, projectors = {}, {}, {}
-    for key, spec in specs.items():
-        projector = run.stage(f"projector/{key}", content_key(spec, upstream, to_dict(config.limber.train)),
-                              lambda d, s=spec: limber_stages.build_projector(config, s, run.store, d))
-        projectors[key] = projector
-        curves[key] = json.loads((projector.path / "losses.json").read_text())["losses"]
-        evaluated = run.stage(f"limber-eval/{key}", content_key(projector.key, to_dict(config.limber), config.paper),
-                              lambda d, p=projector.path: limber_stages.build_limber_eval(config, p, run.store, scorer, d))
-        evals[key] = json.loads((evaluated.path / "eval.json").read_text())
-    any_projector = next(iter(projectors.values())).path  # blind prompts carry no image: any LM wrapper will do
-    blind = run.stage("blind", content_key(config.limber.train.lm, to_dict(config.limber), config.paper, config.seed),
-                      lambda d: limber_stages.build_blind(config, any_projector, d))
-    scorer_name = scorer.name if scorer is not None else None
-    results["captioning"] = {key: caption_summary(ev["captioning"], scorer_name) for key, ev in evals.items()}
-    results["vqa"] = {key: shot_summary(ev["vqa"], config.limber.shots) for key, ev in evals.items()}
-    results["vqa"]["blind"] = shot_summary(json.loads((blind.path / "eval.json").read_text())["vqa"], config.limber.shots)
-    results["vqa_by_answer_type"] = {key: ev["vqa"]["by_answer_type"] for key, ev in evals.items()}
-    results["timing_s"] = {name: round(seconds, 2) for name, seconds in run.timing.items()}
-    results["config"] = to_dict(config)
-    paths = write_report(results, out_dir, _extras(config, clip_dir, curves, evals))
-    write_manifest(run.cache.root, config, out_dir, clip_dir, {key: p.path for key, p in projectors.items()})
+    seeds = [config.seed + i for i in range(config.n_seeds)]
+    outputs = [run_seed(run, config, seed, tag=f"@{seed}" if config.n_seeds > 1 else "") for seed in seeds]
+    results = measure.assemble(config, outputs, run.timing)
+    paths = write_report(results, out_dir, _extras(config, outputs[0]))
+    first = outputs[0]
+    write_manifest(run.cache.root, config, out_dir, first.folders.get("clip"),
+                   {key: path for key, path in first.projectors.items() if ":" not in key})
     announce(f"[study] report: {paths['html']} (markdown: {paths['markdown']}, numbers: {paths['results']})")
     return results
+
+
+def run_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> SeedOutputs:
+    out = SeedOutputs(seed)
+    keys: dict[str, str] = {}  # placeholder -> stage key (what later keys depend on, instead of paths)
+    if config.train_encoders:
+        for rung in config.ladder.rungs:
+            stage = run.stage(f"rung/{rung}{tag}", content_key("rung", rung, to_dict(config.ladder), seed),
+                              lambda d, r=rung: clip_stages.build_rung(config, r, seed, d))
+            out.folders[f"tower:{rung}"], keys[f"tower:{rung}"] = stage.path / clip_stages.TOWER_DIR, stage.key
+            out.encoders[rung] = clip_stages.summary_of(stage.path)
+            if rung == "clip":
+                out.folders["clip"], keys["clip"] = stage.path, stage.key
+    if config.scorer.independent and config.train_encoders:
+        stage = run.stage(f"scorer{tag}", content_key("scorer", to_dict(config.ladder.train), to_dict(config.scorer), seed),
+                          lambda d: clip_stages.build_scorer(config, seed, d))
+        out.folders["scorer"], keys["scorer"] = stage.path, stage.key
+    elif "clip" in out.folders:
+        out.folders["scorer"], keys["scorer"] = out.folders["clip"], keys["clip"]
+    filled = lambda template: fill(template, out.folders, config.paper)  # noqa: E731
+    depends = lambda *templates: {n: keys.get(n) for t in templates for n in sorted(needs(t))}  # noqa: E731
+    paper = to_dict(config.paper)
+    if config.clip_table.datasets and "clip" in out.folders:
+        table = config.clip_table
+        probe_specs = {key: filled(spec) for key, spec in table.probe_encoders.items()}
+        stage = run.stage(f"clip-table{tag}", content_key("clip-table", depends(table.model, *table.probe_encoders.values()),
+                                                         to_dict(table), seed),
+                          lambda d: clip_stages.build_clip_table(config, out.folders["clip"], probe_specs, run.store, seed, d))
+        out.clip_table = json.loads((stage.path / "table.json").read_text())
+    limber = config.limber
+    eval_config = {k: v for k, v in to_dict(limber).items() if k not in ("train", "encoders", "twins")}
+    scorer = _clip_scorer(filled(limber.clip_scorer), config) if limber.clip_scorer else None
+    scorer_key = depends(limber.clip_scorer) if limber.clip_scorer else None
+    variants = [(key, "trained") for key in limber.encoders]
+    if limber.ablations and limber.clip_key in limber.encoders:
+        variants += [(limber.clip_key, "closed-form"), (limber.clip_key, "plain")]
+    for key, variant in variants:
+        template = limber.encoders[key]
+        name = key if variant == "trained" else f"{key}:{variant}"
+        projector_key = content_key("projector", template, depends(template), to_dict(limber.train), variant, seed, paper)
+        projector = run.stage(f"projector/{name}{tag}", projector_key,
+                              lambda d, t=template, v=variant: limber_stages.build_projector(
+                                  config, filled(t), run.store, seed, d, v, filled))
+        out.projectors[name] = projector.path
+        out.projector_info[name] = json.loads((projector.path / "losses.json").read_text())
+        nll_only = variant != "trained"
+        evaluated = run.stage(f"eval/{name}{tag}", content_key("eval", projector.key, eval_config, scorer_key, nll_only,
+                                                                seed, paper),
+                              lambda d, p=projector.path, o=nll_only: limber_stages.build_eval(
+                                  config, p, run.store, scorer, seed, d, o, filled))
+        out.evals[name] = limber_stages.read_eval(evaluated.path)
+    any_projector = next(iter(out.projectors.values()))  # the baselines carry no image: any LM wrapper will do
+    baselines = run.stage(f"baselines{tag}", content_key("baselines", limber.train.lm, eval_config, seed, paper),
+                          lambda d: limber_stages.build_baselines(config, any_projector, seed, d, filled))
+    out.baselines = limber_stages.read_eval(baselines.path)
+    return out
 
 
 MANIFEST = "latest-{preset}.json"  # in the cache root: where the newest run of a preset left its models
@@ -128,14 +172,6 @@ def read_manifest(preset: str = "default", cache_dir: str | Path | None = None) 
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _build_ssl(config: StudyConfig, folder: Path) -> None:
-    from dataclasses import replace
-
-    from vlbridge.training.ssl import train_ssl
-
-    train_ssl(replace(config.ssl, seed=config.seed, device=config.device), folder)
-
-
 def _clip_scorer(spec: str, config: StudyConfig):
     from vlbridge.models.clip_loading import load_clip
     from vlbridge.runtime import resolve_device
@@ -143,38 +179,27 @@ def _clip_scorer(spec: str, config: StudyConfig):
     return load_clip(spec, device=resolve_device(config.device))
 
 
-def caption_summary(by_set: dict, scorer_name: str | None) -> dict:
-    """results.json entry of one encoder: the first set's scores at the top, domains and other sets below."""
-    headline = next(iter(by_set.values()))
-    entry = {name: headline.get(name) for name in ("CIDEr-D", "CLIP-S", "RefCLIP-S", "BLEU-4", "ROUGE-L")}
-    entry["by_domain"] = next((scores["by_domain"] for scores in by_set.values() if "by_domain" in scores), {})
-    entry["scorer"] = scorer_name
-    entry["sets"] = {name: {m: scores.get(m) for m in ("CIDEr-D", "CLIP-S", "RefCLIP-S", "BLEU-4", "ROUGE-L")}
-                     for name, scores in by_set.items()}
-    return entry
-
-
-def shot_summary(vqa: dict, shots: list[int]) -> dict:
-    return {str(n): vqa[str(n)] for n in shots}
-
-
-def _extras(config: StudyConfig, clip_dir: Path | None, curves: dict, evals: dict) -> ReportExtras:
-    """Curves, the caption grid and the similarity heatmap for the report."""
+def _extras(config: StudyConfig, first: SeedOutputs) -> ReportExtras:
+    """Curves, the caption grid and the similarity heatmap for the report (from the first seed)."""
     from vlbridge.data.records import BadImage, open_image
 
-    records = next(iter(limber_stages.caption_records(config).values()))[: config.limber.sample_images]
-    first_set = next(iter(config.limber.caption_sets))
-    by_id = {key: {s["id"]: s["caption"] for s in ev["captioning"][first_set]["samples"]} for key, ev in evals.items()}
-    images, captions = [], []
-    for record in records:
-        try:
-            images.append(open_image(record.image))
-        except BadImage:
-            continue
-        captions.append({"reference": record.captions[0], **{k: by_id[k].get(record.id, "") for k in by_id}})
-    extras = ReportExtras(limber_curves=curves, sample_images=images, sample_captions=captions)
-    if clip_dir is not None:
-        extras.clip_curve = clip_stages.read_curve(clip_dir)
+    curves = {key: info["losses"] for key, info in first.projector_info.items() if info.get("losses")}
+    ladder_curves = {rung: summary.get("losses", []) for rung, summary in first.encoders.items() if summary.get("losses")}
+    extras = ReportExtras(limber_curves=curves, ladder_curves=ladder_curves)
+    caption_sets = limber_stages.caption_records(config, lambda t: fill(t, first.folders, config.paper))
+    if caption_sets:
+        first_set = next(iter(caption_sets))
+        records = caption_sets[first_set][: config.limber.sample_images]
+        by_id = {key: {s["id"]: s["caption"] for s in ev["captioning"][first_set]["samples"]}
+                 for key, ev in first.evals.items() if "captioning" in ev and first_set in ev["captioning"]}
+        for record in records:
+            try:
+                extras.sample_images.append(open_image(record.image))
+            except BadImage:
+                continue
+            extras.sample_captions.append({"reference": record.captions[0],
+                                           **{k: by_id[k].get(record.id, "") for k in by_id}})
+    if "clip" in first.folders:
         extras.similarity, extras.similarity_rows, extras.similarity_cols = clip_stages.similarity_matrix(
-            clip_dir, 10, config.seed)
+            first.folders["clip"], 10, config.seed)
     return extras

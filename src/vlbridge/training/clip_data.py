@@ -47,7 +47,7 @@ MAX_CACHED_CAPTIONS = 200_000  # token-id cache size (BPE tokenizing costs ~0.3 
 class ClipDataConfig:
     """Where CLIP training pairs come from and how images are augmented."""
 
-    source: str = "embedded"  # "embedded" (shapes + Twemoji + openclipart) or a vlbridge.data.formats spec
+    source: str = "embedded"  # "embedded" (shapes + Twemoji + openclipart), a data spec, or specs joined by " + "
     shapes_n: int = 20000  # shapes-world train images in the embedded default
     shapes_seed: int = 0  # seed of the shapes world (train split)
     shapes_image_size: int = 64  # side of the rendered shapes images, pixels
@@ -86,6 +86,22 @@ def embedded_records(cfg: ClipDataConfig) -> list[ImageTextRecord]:
     return records + web
 
 
+SOURCE_JOIN = " + "  # joins the specs of a composite source
+
+
+def composite_records(cfg: ClipDataConfig) -> list[ImageTextRecord]:
+    """Records of every spec in `source` ("a + b + ..."), in that order (each spec must be finite)."""
+    records: list[ImageTextRecord] = []
+    for part in cfg.source.split(SOURCE_JOIN):
+        part_records = _records(part.strip())
+        if not isinstance(part_records, list):
+            raise UserError(f"data.source: {part.strip()!r} is a stream; a composite source joins finite specs only")
+        records += part_records
+    if cfg.query_top_m is not None:
+        records = list(filter_by_query_words(records, cfg.query_top_m))
+    return records
+
+
 def _records(spec: str, **request) -> list[ImageTextRecord] | Iterable[ImageTextRecord]:
     """Image-caption records of a dataset spec, through the one resolver (vlbridge.data.datasets)."""
     return datasets.load_dataset(spec, "image_text", **request).records
@@ -103,6 +119,8 @@ def load_source(cfg: ClipDataConfig) -> list[ImageTextRecord] | Callable[[], Ite
     """A list of records (map-style) or a factory that opens a fresh stream each epoch."""
     if cfg.source == "embedded":
         return embedded_records(cfg)
+    if SOURCE_JOIN in cfg.source:
+        return composite_records(cfg)
     if cfg.query_top_m is not None:
         return list(filter_by_query_words(list(_records(cfg.source)), cfg.query_top_m))
     first = _records(cfg.source)

@@ -114,6 +114,7 @@ class LimberTrainConfig(TrainConfig):
     dropout: float = 0.0  # dropout on the image features before the projector
     projector_init: str = "embedding-scale"  # embedding-scale | caption-ridge | default (see training/projector_init.py)
     ridge: float = 1e-2  # caption-ridge: L2 strength, relative to the mean feature variance
+    ridge_candidates: list[float] = field(default_factory=list)  # caption-ridge: >= 2 values: choose on held-out 20 %
     prompt: str = "A picture of"  # captioning prompt stored with the model (not used in training)
     tune_encoder: bool = False  # also train the encoder, on pixels every step (no feature cache)
     data: LimberDataConfig = field(default_factory=LimberDataConfig)  # training pairs
@@ -125,6 +126,7 @@ class LimberTrainResult(TrainResult):
 
     model_dir: Path | None = None  # the saved Limber (load with load_trained_limber)
     model: nn.Module | None = None  # the trained Limber, in eval mode (ready to caption)
+    init_report: dict = field(default_factory=dict)  # how the projector started (projector_init.init_projector)
 
 
 def validate(config: LimberTrainConfig) -> None:
@@ -279,7 +281,7 @@ class LimberTask(TrainTask):
         self.config, self.run_dir, self.env = config, run_dir, env
         self.model = build_limber(config, env.device)
         self.data = prepare_data(config, self.model, env)
-        init_projector(self.model, self.data.features, self.data.caption_ids, config)
+        self.init_report = init_projector(self.model, self.data.features, self.data.caption_ids, config)
         self.model.projector.train(True)  # feature dropout (when configured) is on while training
         if self.model.encoder is not None:
             self.model.encoder.eval()  # a tuned encoder trains in eval mode (module docstring)
@@ -349,4 +351,16 @@ def train_limber(
     env = env or init_distributed(config.device)
     task = LimberTask(config, Path(out_dir), env)
     result = run_training(task, config, out_dir, env, resume, on_step)
-    return LimberTrainResult.extend(result, model_dir=Path(out_dir) / "model", model=task.model.eval())
+    return LimberTrainResult.extend(result, model_dir=Path(out_dir) / "model", model=task.model.eval(),
+                                    init_report=task.init_report)
+
+
+def initial_projector(config: LimberTrainConfig, out_dir: str | Path) -> LimberTrainResult:
+    """The projector as `projector_init` starts it, saved untrained (the closed-form-only ablation)."""
+    validate(config)
+    env = init_distributed(config.device)
+    task = LimberTask(config, Path(out_dir), env)
+    model_dir = save_model(task.model, False, Path(out_dir))
+    return LimberTrainResult(run_dir=Path(out_dir), steps=0, start_step=0, final_loss=float("nan"), losses=[],
+                             samples_per_second=0.0, seconds=0.0, model_dir=model_dir, model=task.model.eval(),
+                             init_report=task.init_report)
