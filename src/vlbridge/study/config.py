@@ -14,21 +14,12 @@ from typing import Any
 
 from vlbridge.config import from_dict, merge, parse_overrides, read_mapping, rename_keys, to_dict
 from vlbridge.errors import UserError
-from vlbridge.study.presets import PRESETS
+from vlbridge.study.presets import (  # noqa: F401  (the ladder's names are part of the config's vocabulary)
+    DEFAULT_ENCODERS, DEFAULT_TWINS, LADDER, LANGUAGE_SUPERVISION, PRESETS, REFERENCE_ENCODERS, TRAIN_MIX)
 from vlbridge.evaluation.vqa import FROZEN_TEMPLATE
 from vlbridge.training.clip import ClipTrainConfig
 from vlbridge.training.clip_data import ClipDataConfig
 from vlbridge.training.limber import LimberTrainConfig
-
-LADDER = ("random", "self-supervised", "labels", "clip")  # the supervision ladder, least language first
-LANGUAGE_SUPERVISION = {"random": "random", "self-supervised": "none", "labels": "labels", "clip": "captions"}
-DEFAULT_ENCODERS = {  # study key -> encoder spec; {tower:RUNG} is the ladder's trained tower of that rung
-    **{rung: f"tower:{{tower:{rung}}}" for rung in LADDER},
-    "efficientnet": "efficientnet-lite0:128px",  # external reference: ImageNet-supervised; 128 px for the 64 px images
-}
-DEFAULT_TWINS = {"self-supervised": "random", "labels": "random", "clip": "random"}  # trained -> random-init twin
-TRAIN_MIX = "objects?max_objects=2&things=0.5"  # the ladder's training images (captions name things and shapes)
-
 
 @dataclass
 class LadderConfig:
@@ -86,6 +77,7 @@ class LimberStudyConfig:
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # shot counts
     demo_sets: int = 5  # fixed demonstration lists per shot count (each question uses one)
     vqa_template: str = FROZEN_TEMPLATE  # VQA query text; a shot adds " {answer}\n"
+    answer_tokens: int = 5  # open answers: greedy tokens at most (every answer here is 1-3 tokens + newline)
     clip_scorer: str = "{scorer}"  # CLIP for CLIP-S / RefCLIP-S ({scorer}: see ScorerConfig)
     batch_size: int = 32  # prompts / images run together
     sample_images: int = 8  # images in the report's caption grid

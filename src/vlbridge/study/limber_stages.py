@@ -50,7 +50,8 @@ def build_projector(config: StudyConfig, spec: str, store: FeatureStore, seed: i
     if variant == "plain":
         train_config = replace(train_config, projector_init="default")
     result = initial_projector(train_config, folder) if variant == "closed-form" else train_limber(train_config, folder)
-    atomic_write_json(folder / "losses.json", {"steps": result.steps, "final_loss": result.final_loss,
+    final_loss = result.final_loss if result.steps else None  # the closed form alone has no training loss
+    atomic_write_json(folder / "losses.json", {"steps": result.steps, "final_loss": final_loss,
                                                "losses": result.losses, "init": result.init_report,
                                                "feature_dim": int(result.model.projector.feature_dim)})
 
@@ -173,7 +174,7 @@ def vqa_eval(model, config: StudyConfig, questions: list, support: list, seed: i
     vocabulary = {kind: answers for kind, answers in ANSWER_VOCABULARY.items()} if limber.vqa_per_type else {}
     fewshot = FewShotConfig(shots=tuple(limber.shots), demo_sets=limber.demo_sets, seed=seed,
                             template=limber.vqa_template, blind=blind, batch_size=limber.batch_size,
-                            vocabulary=vocabulary)
+                            max_new_tokens=limber.answer_tokens, vocabulary=vocabulary)
     results = evaluate_fewshot(model, questions, support, fewshot, features=features,
                                desc="vqa blind" if blind else "vqa")
     return {shots: [asdict(row) for row in rows] for shots, rows in results.items()}

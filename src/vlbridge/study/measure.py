@@ -31,7 +31,7 @@ from vlbridge.config import to_dict
 from vlbridge.study import findings as F
 from vlbridge.study.config import StudyConfig
 
-REFERENCE_ENCODERS = {  # encoder specs the study does not train -> what results.json says about them
+REFERENCE_DESCRIPTIONS = {  # encoder specs the study does not train -> what results.json says about them
     "efficientnet-lite0": {"backbone": "efficientnet-lite0", "objective": "ImageNet-1k classification",
                            "train_images": 1281167, "train_steps": None, "language_supervision": "labels"},
 }
@@ -208,10 +208,18 @@ def captioning_table(config: StudyConfig, outputs) -> dict:
                 entry[f"{kind}_recall"] = _interval_dict(F.ratio_interval(hits, wanted, groups)) if wanted.sum() else None
             entry["n_images"] = len(samples)
             entry["by_domain"] = scores[0].get("by_domain", {})  # first seed (domain splits are for the paper sets)
-            entry["clip_scorer"] = scores[0].get("clip_scorer")
+            entry["clip_scorer"] = portable_name(scores[0].get("clip_scorer"))
             per_set[name] = entry
         table[key] = per_set
     return table
+
+
+def portable_name(name: str | None) -> str | None:
+    """A model name without the folders before its last path part ("vlbridge:/x/y/KEY@step" -> "vlbridge:KEY@step")."""
+    if not name or ":" not in name:
+        return name
+    kind, _, where = name.partition(":")
+    return f"{kind}:{where.rstrip('/').rsplit('/', 1)[-1]}"
 
 
 def _seed_mean(values: list) -> float | None:
@@ -256,7 +264,7 @@ def encoder_table(config: StudyConfig, outputs) -> dict:
             continue
         random = spec.startswith("random:")
         base = spec.removeprefix("random:").split(":")[0]
-        known = REFERENCE_ENCODERS.get(base, {"backbone": base, "objective": "pretrained (from disk)",
+        known = REFERENCE_DESCRIPTIONS.get(base, {"backbone": base, "objective": "pretrained (from disk)",
                                               "train_images": None, "train_steps": None,
                                               "language_supervision": "unknown"})
         entry = dict(known)

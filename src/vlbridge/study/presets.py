@@ -38,6 +38,16 @@ from typing import Any
 
 from vlbridge.evaluation.vqa import FROZEN_TEMPLATE
 
+LADDER = ("random", "self-supervised", "labels", "clip")  # the supervision ladder, least language first
+LANGUAGE_SUPERVISION = {"random": "random", "self-supervised": "none", "labels": "labels", "clip": "captions"}
+DEFAULT_ENCODERS = {rung: f"tower:{{tower:{rung}}}" for rung in LADDER}  # study key -> encoder spec ({tower:R}: rung R)
+REFERENCE_ENCODERS = {  # external reference rows (the full preset adds them): ImageNet-supervised and its twin
+    "efficientnet": "efficientnet-lite0:128px",  # 128 px for the 64 px images
+    "random-efficientnet": "random:efficientnet-lite0:128px",
+}
+DEFAULT_TWINS = {"self-supervised": "random", "labels": "random", "clip": "random"}  # trained -> random-init twin
+
+
 NFRN50_PX = 384  # NF-ResNet50 input side in the paper's code (configs/nfrn50_4096_linear.yml)
 DRY_RUN_NFRN50_PX = 64  # the dry run's NF-ResNet50 input side (same network, 36x fewer pixels)
 VQAV2 = "vqav2:{paper.vqav2_questions}?annotations={paper.vqav2_annotations}&images={paper.vqav2_images}"
@@ -95,7 +105,8 @@ DRY_RUN_SIZES: dict[str, Any] = {  # on top of the recipe: seconds per stage on 
 }
 
 
-LADDER_MIX = ("shapes?max_objects=2&n={shapes} + objects?max_objects=2&things=0.5&n={objects}")  # ladder training images
+LADDER_MIX = "shapes?max_objects=2&n={shapes} + objects?max_objects=2&things=0.5&n={objects}"  # ladder training images
+TRAIN_MIX = LADDER_MIX.format(shapes=14000, objects=6000)  # the default ladder's images (config default)
 EVAL_OBJECTS = "objects?split=test&max_objects=2&things=0.5"  # held-out scenes the LM side is scored on
 
 
@@ -133,23 +144,20 @@ CPU_PRESETS: dict[str, dict[str, Any]] = {
                    "batch_size": 8, "sample_images": 4},
     },
     "default": {  # the embedded-default experiment (`make demo`): <= 15 minutes on 2 CPU cores
-        "ladder": _ladder(steps=160, batch=512, shapes=10000, objects=10000, eval_n=520),
+        "ladder": _ladder(steps=160, batch=512, shapes=14000, objects=6000, eval_n=520),
         "clip_table": {"n_train": 520, "n_test": 520, "probe_c_steps": 4, "probe_max_iter": 200},
         "limber": _limber(steps=12, n_train=768, nll=300, captions=64, vqa_images=60, per_type=20, demo_sets=5),
     },
     "full": {  # the powered version: 3 seeds, an independent scorer, the EfficientNet twin; <= 60 minutes
         "n_seeds": 3,
         "scorer": {"independent": True},
-        "ladder": _ladder(steps=160, batch=512, shapes=10000, objects=10000, eval_n=520),
-        "clip_table": {"n_train": 1040, "n_test": 1040, "probe_c_steps": 4, "probe_max_iter": 200},
+        "ladder": _ladder(steps=160, batch=512, shapes=14000, objects=6000, eval_n=520),
+        "clip_table": {"n_train": 1040, "n_test": 1040, "probe_c_steps": 4, "probe_max_iter": 200,
+                       "probe_encoders": {**DEFAULT_ENCODERS, "efficientnet": REFERENCE_ENCODERS["efficientnet"]}},
         "limber": {**_limber(steps=24, n_train=1024, nll=1000, captions=200, vqa_images=200, per_type=100,
                              demo_sets=8),
-                   "encoders": {**{rung: f"tower:{{tower:{rung}}}" for rung in
-                                   ("random", "self-supervised", "labels", "clip")},
-                                "efficientnet": "efficientnet-lite0:128px",
-                                "random-efficientnet": "random:efficientnet-lite0:128px"},
-                   "twins": {"self-supervised": "random", "labels": "random", "clip": "random",
-                             "efficientnet": "random-efficientnet"}},
+                   "encoders": {**DEFAULT_ENCODERS, **REFERENCE_ENCODERS},
+                   "twins": {**DEFAULT_TWINS, "efficientnet": "random-efficientnet"}},
     },
 }
 

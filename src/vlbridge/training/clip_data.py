@@ -21,6 +21,7 @@ i % W, and the data state saved in checkpoints is each rank's position in that s
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -93,13 +94,20 @@ def composite_records(cfg: ClipDataConfig) -> list[ImageTextRecord]:
     """Records of every spec in `source` ("a + b + ..."), in that order (each spec must be finite)."""
     records: list[ImageTextRecord] = []
     for part in cfg.source.split(SOURCE_JOIN):
-        part_records = _records(part.strip())
-        if not isinstance(part_records, list):
-            raise UserError(f"data.source: {part.strip()!r} is a stream; a composite source joins finite specs only")
-        records += part_records
+        records += _finite_records(part.strip())
     if cfg.query_top_m is not None:
         records = list(filter_by_query_words(records, cfg.query_top_m))
     return records
+
+
+@functools.lru_cache(maxsize=4)
+def _finite_records(spec: str) -> tuple[ImageTextRecord, ...]:
+    """The records of one finite spec, kept for the process: the study's ladder trains several
+    towers on the same rendered images, and rendering 20k scenes costs more than a few steps."""
+    records = _records(spec)
+    if not isinstance(records, list):
+        raise UserError(f"data.source: {spec!r} is a stream; a composite source joins finite specs only")
+    return tuple(records)
 
 
 def _records(spec: str, **request) -> list[ImageTextRecord] | Iterable[ImageTextRecord]:
