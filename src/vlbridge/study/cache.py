@@ -4,24 +4,47 @@ Each stage's output lives in `cache_root/<stage>/<key>/` where `key` is a hash o
 the stage depends on (its config section, the keys of the stages it reads, the vlbridge
 version). A stage is done when its folder holds `DONE`; the folder is built under a temporary
 name and renamed into place, so a killed run never leaves a half-finished stage that looks done.
+
+Several processes may share one cache (two `vlbridge study` runs on one folder): a stage is
+built while holding an exclusive lock on `cache_root/<stage>/.<key>.lock` (`fcntl.flock`, so
+the kernel drops it when its holder dies). A second process asking for the same stage waits
+for the lock, then finds `DONE` and reuses the stage instead of building it again. Each build
+writes to its own temporary folder `.<key>.<pid>-<random>.tmp`, so two builders never share
+one and a killed builder's leftovers are never renamed into place: whoever takes the lock next
+deletes them (while the lock is held no one else builds that stage, so every other temporary
+folder of that key belongs to a builder that died). The lock files stay (tiny, hidden):
+removing one while another process waits on it would let two builders in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import hashlib
 import json
 import logging
+import os
+import secrets
 import shutil
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from vlbridge import __version__
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no locking (one study per cache folder at a time)
+    fcntl = None
+
 log = logging.getLogger(__name__)
 
 DONE = "DONE"
+_NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # file systems without flock
 
 
 def content_key(*parts: Any) -> str:
@@ -37,29 +60,97 @@ class StageResult:
     name: str  # stage name, e.g. "clip"
     key: str  # content hash of the stage's inputs
     path: Path  # folder holding the stage's outputs
-    reused: bool  # True when served from the cache
-    seconds: float  # wall time spent in this run (≈0 when reused)
+    reused: bool  # True when served from the cache (also when another process built it while this one waited)
+    seconds: float  # wall time spent building in this run (0 when reused)
 
 
 class StageCache:
-    """Runs stages at most once per content key."""
+    """Runs stages at most once per content key, also across processes sharing `root`."""
 
     def __init__(self, root: str | Path, force: bool = False):
         self.root = Path(root)  # cache root folder
         self.force = force  # recompute every stage even when cached
 
     def run(self, name: str, key: str, build: Callable[[Path], None]) -> StageResult:
-        """Return the cached output of (name, key), calling build(tmp_dir) first if needed."""
-        final = self.root / name / key
-        if (final / DONE).is_file() and not self.force:
+        """Return the cached output of (name, key), calling build(tmp_dir) first if needed.
+
+        With `force`, the stage is rebuilt unless another process finished building it while
+        this call waited for the lock (then that fresh build is reused).
+        """
+        folder = self.root / name
+        final = folder / key
+        done_before = _identity(final / DONE)
+        if done_before is not None and not self.force:
             log.info("stage %s: reusing cached result %s", name, final)
             return StageResult(name, key, final, reused=True, seconds=0.0)
-        tmp = self.root / name / f".{key}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        start = time.perf_counter()
-        build(tmp)
-        (tmp / DONE).write_text(key)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive(folder / f".{key}.lock", name):
+            done_now = _identity(final / DONE)
+            if done_now is not None and (not self.force or done_now != done_before):
+                log.info("stage %s: another process built it while this one waited; reusing %s", name, final)
+                return StageResult(name, key, final, reused=True, seconds=0.0)
+            _remove_leftovers(folder, key)
+            tmp = folder / f".{key}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+            tmp.mkdir()
+            start = time.perf_counter()
+            try:
+                build(tmp)
+                (tmp / DONE).write_text(key)
+                _install(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return StageResult(name, key, final, reused=False, seconds=time.perf_counter() - start)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of `path`, None when it is not a file: tells a rebuilt DONE from the one seen earlier."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_path` (created if missing) for the block; wait for it if taken."""
+    if fcntl is None:
+        yield
+        return
+    with open(lock_path, "a+b") as handle:
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("stage %s: another process is building it; waiting for %s", name, lock_path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in _NO_LOCKING:
+                raise
+            log.warning("stage %s: %s cannot be locked (%s); building without a lock: "
+                        "run one study at a time on this cache folder", name, lock_path, err.strerror)
+        yield  # closing the file releases the lock
+
+
+def _remove_leftovers(folder: Path, key: str) -> None:
+    """Delete temporary folders of `key` that builders which died left (called with the lock held)."""
+    stem = glob.escape(f".{key}")
+    for pattern in (f"{stem}.tmp", f"{stem}.*.tmp", f"{stem}.*.old"):
+        for leftover in folder.glob(pattern):
+            log.info("removing %s, left by a build that did not finish", leftover)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename the finished `tmp` to `final`; an existing `final` (forced rebuild) is moved aside first, then deleted."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
