@@ -7,10 +7,13 @@ A trainer describes itself as a `TrainTask` (how one optimizer step runs, what a
 holds, what it writes at the end); `run_training` does the rest, the same way for all three:
 
 - resume: `resume` is None (fresh), "latest" (the newest checkpoint; a fresh start if there is
-  none), a step number or a checkpoint file. The checkpoint's config must match the current
-  one except for the task's `resume_free_keys` (renamed keys are mapped first, so runs saved
-  before a rename still resume); model, optimiser, schedule, data position and RNG state are
-  restored, so the resumed run continues exactly;
+  none; past a broken `latest` pointer, the newest checkpoint file that loads, and a UserError
+  rather than a fresh start when none does), a step number or a checkpoint file. The
+  checkpoint's config must match the current one except for the task's `resume_free_keys`
+  (renamed keys are mapped first, so runs saved before a rename still resume); model,
+  optimiser, schedule, data position and RNG state are restored, so the resumed run continues
+  exactly;
+- temporary checkpoint files (`.*.tmp`) a killed run left are deleted (rank 0, logged);
 - the resolved config is written to run_dir/config.yaml (rank 0);
 - steps run from the start step to `task.total_steps` with a tqdm bar on rank 0; every step's
   loss (the mean over the global batch) is recorded, and a non-finite loss stops the run. Loss
@@ -39,7 +42,8 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from vlbridge.checkpoint import CHECKPOINT_DIR, LATEST, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from vlbridge.checkpoint import (CHECKPOINT_DIR, LATEST, find_checkpoint, load_checkpoint, load_latest_checkpoint,
+                                 remove_stale_checkpoint_temporaries, restore_rng_state, save_checkpoint)
 from vlbridge.config import rename_keys, save_config, to_dict
 from vlbridge.errors import UserError
 from vlbridge.runtime import DistEnv, barrier
@@ -169,13 +173,17 @@ def restore(task: TrainTask, config: TrainConfig, run_dir: Path, resume: str | N
     """Load the checkpoint `resume` names into `task` (config checked, RNG restored); return its step."""
     if not resume:
         return 0
-    path = find_checkpoint(run_dir, resume)
-    if path is None:
-        if resume != LATEST:
+    if resume == LATEST:
+        found = load_latest_checkpoint(run_dir, map_location=env.device)  # falls back past a broken pointer
+        if found is None:
+            log.info("no checkpoint in %s yet: starting from step 0", run_dir)
+            return 0
+        path, saved = found
+    else:
+        path = find_checkpoint(run_dir, resume)
+        if path is None:
             raise UserError(f"no checkpoint {resume!r} in {run_dir / CHECKPOINT_DIR}")
-        log.info("no checkpoint in %s yet: starting from step 0", run_dir)
-        return 0
-    saved = load_checkpoint(path, map_location=env.device)
+        saved = load_checkpoint(path, map_location=env.device)
     check_resume_config(saved.get("config", {}), config, task.resume_free_keys)
     task.load_state_dict(saved)
     restore_rng_state(saved["rng"])
@@ -187,6 +195,8 @@ def run_training(task: TrainTask, config: TrainConfig, run_dir: str | Path, env:
                  resume: str | None = None, on_step: OnStep | None = None) -> TrainResult:
     """Resume (if asked), run the remaining steps with logging and checkpoints, finish; see the module docstring."""
     run_dir = Path(run_dir)
+    if env.is_main:
+        remove_stale_checkpoint_temporaries(run_dir)
     start = restore(task, config, run_dir, resume, env)
     if env.is_main:
         save_config(config, run_dir / "config.yaml")
