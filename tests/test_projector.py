@@ -65,3 +65,33 @@ def test_bad_sizes_are_rejected():
         LinearProjector(4, 4, num_prefix_tokens=0)
     with pytest.raises(ValueError):
         LinearProjector(4, 4, dropout=1.0)
+
+
+def test_input_scale_is_a_fixed_factor_before_the_linear_map():
+    torch.manual_seed(0)
+    scaled = LinearProjector(6, 4, num_prefix_tokens=2, input_scale=0.25)
+    plain = LinearProjector(6, 4, num_prefix_tokens=2)
+    plain.load_state_dict(scaled.state_dict())  # same weights: the scale is not a parameter
+    features = torch.randn(3, 6)  # (B, D)
+    assert torch.allclose(scaled(features), plain(features * 0.25))
+    assert set(scaled.state_dict()) == {"proj.weight", "proj.bias"}
+    with pytest.raises(ValueError, match="input_scale"):
+        LinearProjector(6, 4, input_scale=0.0)
+
+
+def test_unit_norm_feature_scale_sets_one_over_the_mean_norm_in_projector_and_config():
+    from types import SimpleNamespace
+
+    from vlbridge.errors import UserError
+    from vlbridge.models.limber import LimberConfig
+    from vlbridge.training.limber import TrainingData, scale_features
+
+    features = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1: mean 3
+    model = SimpleNamespace(projector=LinearProjector(2, 4), config=LimberConfig())
+    scale_features(model, TrainingData([], [], features), "unit-norm")
+    assert model.projector.input_scale == pytest.approx(1 / 3) and model.config.input_scale == pytest.approx(1 / 3)
+    untouched = SimpleNamespace(projector=LinearProjector(2, 4), config=LimberConfig())
+    scale_features(untouched, TrainingData([], [], features), "none")
+    assert untouched.projector.input_scale == 1.0 and untouched.config.input_scale == 1.0
+    with pytest.raises(UserError, match="feature_scale"):
+        scale_features(untouched, TrainingData([], [], features), "l2")

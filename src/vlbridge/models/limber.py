@@ -81,6 +81,7 @@ class LimberConfig:
     encoder_id: str = ""  # resolved encoder identity (weights hash); checked when loading
     lm_name: str = ""  # resolved LM name, for reports
     lm_dtype: str = "float32"  # LM weight dtype: float32 | bfloat16 | float16
+    input_scale: float = 1.0  # the projector multiplies features by this first (training's feature_scale)
 
 
 @dataclass
@@ -156,7 +157,8 @@ class Limber(nn.Module):
             encoder = _load_encoder(config.encoder, device)
         config = _resolve(config, encoder, lm)
         projector = LinearProjector(
-            config.feature_dim, config.hidden_size, config.num_prefix_tokens, config.pooled, config.dropout
+            config.feature_dim, config.hidden_size, config.num_prefix_tokens, config.pooled, config.dropout,
+            config.input_scale,
         )
         return cls(config, projector.to(device), lm, encoder)
 

@@ -3,7 +3,9 @@
 Pooled features (B, D) become k soft-prompt vectors: Linear(D, k*H), reshaped to (B, k, H).
 Grid features (B, N, D) map token by token: Linear(D, H) on each of the N tokens -> (B, N, H).
 Nothing else is trainable (no LayerNorm, no bias tricks); an optional dropout on the input
-features is the one regulariser. `vlbridge.models.limber` puts the output in front of the
+features is the one regulariser. `input_scale` is a fixed number the features are multiplied by
+first (set once from the training features by `feature_scale: unit-norm`): the map stays one
+linear map, but Adam's steps then move every encoder's prefix by comparable amounts. `vlbridge.models.limber` puts the output in front of the
 caption embeddings.
 """
 
@@ -23,6 +25,7 @@ class LinearProjector(nn.Module):
         num_prefix_tokens: int = 4,
         pooled: bool = True,
         dropout: float = 0.0,
+        input_scale: float = 1.0,
     ):
         super().__init__()
         if feature_dim <= 0 or hidden_size <= 0:
@@ -31,10 +34,13 @@ class LinearProjector(nn.Module):
             raise ValueError(f"a pooled projector needs num_prefix_tokens >= 1, got {num_prefix_tokens}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not input_scale > 0.0:
+            raise ValueError(f"input_scale must be > 0, got {input_scale}")
         self.feature_dim = feature_dim  # D: size of one image feature vector
         self.hidden_size = hidden_size  # H: the LM's embedding size
         self.num_prefix_tokens = num_prefix_tokens  # k (pooled only; grid gives N tokens)
         self.pooled = pooled  # True: (B, D) input; False: (B, N, D) input
+        self.input_scale = float(input_scale)  # features are multiplied by this first (fixed, not trained)
         self.dropout = nn.Dropout(dropout)
         out_features = num_prefix_tokens * hidden_size if pooled else hidden_size
         self.proj = nn.Linear(feature_dim, out_features)
@@ -47,7 +53,10 @@ class LinearProjector(nn.Module):
             raise ValueError(
                 f"projector expects {layout} features with D={self.feature_dim}, got shape {tuple(features.shape)}"
             )
-        features = self.dropout(features.to(self.proj.weight.dtype))
+        features = features.to(self.proj.weight.dtype)
+        if self.input_scale != 1.0:
+            features = features * self.input_scale
+        features = self.dropout(features)
         projected = self.proj(features)  # (B, k*H) or (B, N, H)
         if self.pooled:
             return projected.view(features.shape[0], self.num_prefix_tokens, self.hidden_size)  # (B, k, H)

@@ -122,7 +122,10 @@ def _limber(steps: int, n_train: int, nll: int, captions: int, vqa_images: int, 
     return {
         # LiMBeR's optimiser (AdamW 8e-4, betas 0.9/0.95) from a closed-form start whose ridge is
         # chosen on held-out images; k = 8 prefix vectors hold a whole short caption
+        # features scaled to unit mean norm first: the ladder's towers give norms from 0.4 (random) to
+        # 58 (CLIP), and Adam's per-weight steps would otherwise move their prefixes 100x apart
         "train": {"steps": steps, "batch_size": 16, "num_prefix_tokens": 8, "projector_init": "caption-ridge",
+                  "feature_scale": "unit-norm",
                   "ridge_candidates": [1e-3, 1e-2, 1e-1, 1.0], "checkpoint_every": 0, "log_every": 1,
                   "data": {"dataset": "objects?max_objects=2&things=0.5", "n": n_train},
                   "optim": {"lr": 8e-4, "warmup_steps": max(1, steps // 6)}},

@@ -115,6 +115,7 @@ class LimberTrainConfig(TrainConfig):
     projector_init: str = "embedding-scale"  # embedding-scale | caption-ridge | default (see training/projector_init.py)
     ridge: float = 1e-2  # caption-ridge: L2 strength, relative to the mean feature variance
     ridge_candidates: list[float] = field(default_factory=list)  # caption-ridge: >= 2 values: choose on held-out 20 %
+    feature_scale: str = "none"  # none | unit-norm: multiply features by 1 / their mean norm (fixed; see projector.py)
     prompt: str = "A picture of"  # captioning prompt stored with the model (not used in training)
     tune_encoder: bool = False  # also train the encoder, on pixels every step (no feature cache)
     data: LimberDataConfig = field(default_factory=LimberDataConfig)  # training pairs
@@ -205,6 +206,27 @@ def prepare_data(config: LimberTrainConfig, model, env: DistEnv) -> TrainingData
     return TrainingData(records=records, caption_ids=caption_ids, features=features)
 
 
+FEATURE_SCALES = ("none", "unit-norm")
+
+
+def scale_features(model: Limber, data: TrainingData, feature_scale: str) -> None:
+    """`unit-norm`: set the projector's fixed input scale to 1 / mean feature norm of the training data.
+
+    Adam moves each weight by about lr per step whatever the gradient's size, so a feature of norm
+    60 moves the prefix 100x further per step than one of norm 0.6; the fixed scale makes the
+    same lr mean the same step for every encoder. (A resumed run gets the same scale: same data.)
+    """
+    if feature_scale not in FEATURE_SCALES:
+        raise UserError(f"feature_scale must be one of {', '.join(FEATURE_SCALES)}, got {feature_scale!r}")
+    if feature_scale == "none" or data.features is None:
+        return
+    norms = data.features.float().norm(dim=-1)  # (N,) or (N, T)
+    scale = 1.0 / float(norms.mean().clamp_min(1e-12))
+    model.projector.input_scale = scale
+    model.config.input_scale = scale
+    log.info("feature scale: features multiplied by %.4g (mean norm %.4g)", scale, 1.0 / scale)
+
+
 # ---------------------------------------------------------------------------- optimisation
 
 
@@ -281,7 +303,9 @@ class LimberTask(TrainTask):
         self.config, self.run_dir, self.env = config, run_dir, env
         self.model = build_limber(config, env.device)
         self.data = prepare_data(config, self.model, env)
+        scale_features(self.model, self.data, config.feature_scale)
         self.init_report = init_projector(self.model, self.data.features, self.data.caption_ids, config)
+        self.init_report["input_scale"] = self.model.projector.input_scale
         self.model.projector.train(True)  # feature dropout (when configured) is on while training
         if self.model.encoder is not None:
             self.model.encoder.eval()  # a tuned encoder trains in eval mode (module docstring)

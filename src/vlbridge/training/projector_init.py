@@ -49,6 +49,7 @@ def init_projector(model, features: torch.Tensor | None, caption_ids: list[list[
     if config.projector_init == "default" or features is None:
         return {"init": "default"}
     report: dict = {"init": config.projector_init}
+    features = features.float() * float(getattr(model.projector, "input_scale", 1.0))  # what the projector sees
     word_embeddings = model.lm.model.get_input_embeddings().weight.detach().float()  # (V, H)
     if config.projector_init == "caption-ridge" and model.projector.pooled:
         k = model.projector.num_prefix_tokens
