@@ -10,6 +10,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_for_fixtures():
+    """One torch thread from the start, so module- and session-scoped fixtures (built before any
+    function-scoped fixture runs) build their tiny models single-threaded too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     # Tiny models run far faster on one thread, and CI's two cores are shared by test workers.
@@ -23,12 +33,9 @@ def _seed_and_threads():
 @pytest.fixture(scope="session")
 def serve_models(tmp_path_factory):
     """Tiny CLIP + LiMBeR saved on disk and five shapes-world images, shared by the API / index / server tests."""
-    from serve_helpers import make_models, write_images
+    from helpers.serve_helpers import make_models, write_images
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("serve-models")
     models = make_models(root)
     images = sorted(write_images(root / "images", 5).glob("*.png"))
-    torch.set_num_threads(threads)
     return models, images

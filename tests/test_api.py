@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serve_helpers import png_bytes
+from helpers.serve_helpers import png_bytes
 from vlbridge.errors import BadInputError, UserError
 
 

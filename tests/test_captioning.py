@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from limber_train_helpers import make_tiny_encoder, make_tiny_lm, tiny_records, one_cpu_thread  # noqa: F401
+from helpers.limber_train_helpers import make_tiny_encoder, make_tiny_lm, tiny_records
 
 from vlbridge.data.records import ImageTextRecord
 from vlbridge.errors import UserError

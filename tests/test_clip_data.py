@@ -7,7 +7,7 @@ import csv
 
 import pytest
 import torch
-from clip_fixtures import records_with_bad, solid_images
+from helpers.clip_fixtures import records_with_bad, solid_images
 
 from vlbridge.data.records import ImageTextRecord, SkipCounter
 from vlbridge.errors import AssetMissingError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from clip_fixtures import bert_dir, solid_images
+from helpers.clip_fixtures import bert_dir, solid_images
 
 from vlbridge.errors import UserError
 from vlbridge.models.clip_loading import load_clip

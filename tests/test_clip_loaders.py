@@ -5,7 +5,7 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
-from clip_fixtures import hf_clip_dir, solid_images
+from helpers.clip_fixtures import hf_clip_dir, solid_images
 
 from vlbridge.errors import UserError
 from vlbridge.models.clip import architecture_config, create_clip, list_architectures, save_openclip_run

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from clip_fixtures import run_processes
+from helpers.clip_fixtures import run_processes
 
 from vlbridge.errors import UserError
 from vlbridge.training.loss import ClipLoss, scale_gradient

@@ -8,7 +8,7 @@ import csv
 import pytest
 import torch
 import yaml
-from clip_fixtures import bert_dir, micro_config, records_with_bad, run_processes
+from helpers.clip_fixtures import bert_dir, micro_config, records_with_bad, run_processes
 from safetensors.torch import load_file
 
 from vlbridge.cli import main

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_helpers import save_tiny_run
-from formats_helpers import assert_same_records, jsonl_line, shapes_records, write_csv_fixture, write_wds_fixture
+from helpers.eval_helpers import save_tiny_run
+from helpers.formats_helpers import assert_same_records, jsonl_line, shapes_records, write_csv_fixture, write_wds_fixture
 
 from vlbridge.cli import main
 from vlbridge.data import datasets, shapes

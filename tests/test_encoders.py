@@ -17,15 +17,6 @@ from vlbridge.models.encoders import preprocess_identity
 from vlbridge.models.registry import EncoderSpec, build_encoder, parse_encoder_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off costs on the shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _timm_file(tmp_path, name: str, fmt: str = "safetensors", seed: int = 1):
     """A timm model with random weights (classifier included) saved to disk; returns (model, path)."""
     torch.manual_seed(seed)

@@ -12,14 +12,6 @@ from vlbridge.errors import UserError
 from vlbridge.models.registry import build_encoder
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off costs on the shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 pytest.importorskip("efficientnet_lite_pytorch")
 
 

@@ -15,14 +15,6 @@ from vlbridge.models.encoders_clip import ClipImageEncoder
 from vlbridge.models.registry import build_encoder
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off costs on the shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 IMAGE = Image.new("RGB", (50, 40), (10, 200, 90))
 
 
@@ -187,7 +179,7 @@ def test_clip_specs_load_a_saved_run(tmp_path):
 
 
 def test_clip_specs_load_a_hf_clip_directory(tmp_path):
-    from clip_fixtures import hf_clip_dir  # the CLIP loaders' tiny HF CLIPModel directory
+    from helpers.clip_fixtures import hf_clip_dir  # the CLIP loaders' tiny HF CLIPModel directory
 
     from vlbridge.models.clip_loading import load_clip
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from eval_helpers import legacy_embed_records, save_tiny_run, single_thread  # noqa: F401  (autouse fixture)
+from helpers.eval_helpers import legacy_embed_records, save_tiny_run, single_thread  # noqa: F401  (autouse fixture)
 from PIL import Image
 
 from vlbridge.cli import main

@@ -7,7 +7,7 @@ they must equal bit for bit.
 
 import pytest
 import torch
-from eval_helpers import legacy_embed_records, single_thread, tiny_clip_bundle  # noqa: F401  (autouse fixture)
+from helpers.eval_helpers import legacy_embed_records, single_thread, tiny_clip_bundle  # noqa: F401  (autouse fixture)
 from PIL import Image
 
 from vlbridge.data import shapes

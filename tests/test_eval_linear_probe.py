@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from eval_helpers import single_thread  # noqa: F401  (autouse fixture)
+from helpers.eval_helpers import single_thread  # noqa: F401  (autouse fixture)
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss

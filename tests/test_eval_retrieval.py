@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from eval_helpers import single_thread  # noqa: F401  (autouse fixture)
+from helpers.eval_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 from vlbridge.evaluation import retrieval
 from vlbridge.evaluation.retrieval import recall_at_k, retrieval_scores

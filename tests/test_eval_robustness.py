@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from eval_helpers import single_thread  # noqa: F401  (autouse fixture)
+from helpers.eval_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 from vlbridge.evaluation.linear_probe import ProbeConfig, select_and_fit
 from vlbridge.evaluation.robustness import LabelledFeatures, evaluate_robustness, robustness_scores

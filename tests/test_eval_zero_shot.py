@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from eval_helpers import single_thread, tiny_clip_bundle  # noqa: F401  (autouse fixture)
+from helpers.eval_helpers import single_thread, tiny_clip_bundle  # noqa: F401  (autouse fixture)
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from sklearn.metrics import balanced_accuracy_score
 

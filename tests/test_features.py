@@ -17,15 +17,6 @@ from vlbridge.data.records import ImageTextRecord, VQARecord
 from vlbridge.models.registry import build_encoder
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off costs on the shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     torch.manual_seed(3)

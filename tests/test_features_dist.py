@@ -7,23 +7,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 
 import pytest
 import timm
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port
 from safetensors.torch import save_file
 
 from vlbridge.commands.extract import cache_dataset_name, load_image_records
 from vlbridge.data.features import FeatureStore
 from vlbridge.models.registry import build_encoder
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _extract_worker(rank: int, port: int, argv: list[str], out_dir: str) -> None:
@@ -61,7 +55,7 @@ def test_two_process_extraction_equals_one_process(tmp_path):
     argv = ["extract", "--encoder", spec, "--dataset", "shapes", "--split", "train", "--n", "10",
             "--image-size", "32", "--cache", str(tmp_path / "ddp"), "--chunk-size", "3", "--batch-size", "2",
             "--device", "cpu"]
-    mp.spawn(_extract_worker, args=(_free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_extract_worker, args=(free_port(), argv, str(tmp_path)), nprocs=2, join=True)
 
     outputs = [(tmp_path / f"rank{r}.txt").read_text().split("\n", 2) for r in (0, 1)]
     assert [o[0] for o in outputs] == ["0", "0"]

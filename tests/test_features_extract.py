@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from eval_helpers import single_thread, tiny_clip_bundle  # noqa: F401  (autouse fixture)
+from helpers.eval_helpers import single_thread, tiny_clip_bundle  # noqa: F401  (autouse fixture)
 from PIL import Image
 from safetensors.torch import save_file
 

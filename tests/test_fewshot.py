@@ -3,7 +3,6 @@ greedy generation on the full prompt, closed-set ranking equal to brute-force se
 
 import pytest
 import torch
-from limber_train_helpers import one_cpu_thread  # noqa: F401
 
 from vlbridge.data.records import VQARecord
 from vlbridge.errors import UserError
@@ -30,7 +29,7 @@ QUERIES = [record(f"q{i}", f"qimg{i}", q, a, t) for i, (q, a, t) in enumerate([
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def tiny_model(request, tmp_path_factory):
     """A tiny LiMBeR whose LM has absolute (gpt2) or rotary (llama) positions and varied predictions."""
-    from tiny_lm import save_tiny_lm
+    from helpers.tiny_lm import save_tiny_lm
 
     from vlbridge.models.limber import Limber, LimberConfig
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from formats_helpers import (
+from helpers.formats_helpers import (
     KARPATHY_CYCLE,
     assert_same_records,
     assert_same_vqa,

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from formats_helpers import (
+from helpers.formats_helpers import (
     assert_same_records,
     assert_same_vqa,
     encode,

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from formats_helpers import assert_same_records, encode
+from helpers.formats_helpers import assert_same_records, encode
 from vlbridge.cli import main
 from vlbridge.data import formats
 from vlbridge.data.query_filter import filter_by_query_words

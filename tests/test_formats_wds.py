@@ -13,7 +13,7 @@ import tarfile
 import pytest
 import torch
 
-from formats_helpers import assert_same_records, encode, shapes_records, tar_member, write_wds_fixture
+from helpers.formats_helpers import assert_same_records, encode, shapes_records, tar_member, write_wds_fixture
 from vlbridge.data import formats
 from vlbridge.data.records import SkipCounter
 from vlbridge.errors import BadInputError

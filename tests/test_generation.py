@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import TopPLogitsWarper
 
-from tiny_lm import ARCHITECTURES, save_tiny_lm
+from helpers.tiny_lm import ARCHITECTURES, save_tiny_lm
 from vlbridge.errors import UserError
 from vlbridge.models.generation import GenerationConfig, generate, stop_token_ids
 from vlbridge.models.lm import FrozenLM
@@ -46,15 +46,6 @@ def boost_stop_tokens(lm: FrozenLM, bias: float) -> None:
         head.bias[lm.eos_token_id] += bias
         head.bias[min(lm.newline_token_ids)] += bias
     head.requires_grad_(False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from test_generation import STOP_BIAS, boost_stop_tokens
-from tiny_lm import ARCHITECTURES, save_tiny_lm
+from helpers.tiny_lm import ARCHITECTURES, save_tiny_lm
 from vlbridge.errors import UserError
 from vlbridge.models.generation import GenerationConfig, answer_questions, caption_images, first_line, generate
 from vlbridge.models.generation_stream import LineStreamer, stream_answer, stream_text

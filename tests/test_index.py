@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from serve_helpers import write_images
+from helpers.serve_helpers import write_images
 from vlbridge.errors import UserError
 
 
@@ -182,7 +182,7 @@ def test_served_paths_never_leave_the_index_and_its_data(clip, folder, tmp_path)
 def test_build_refuses_other_folders_and_other_clips(clip, folder, tmp_path, serve_models):
     from vlbridge.api import ClipModel
     from vlbridge.api.index_build import add_to_index
-    from eval_helpers import save_tiny_run
+    from helpers.eval_helpers import save_tiny_run
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("x")

@@ -4,7 +4,6 @@ row, word classes follow the words, and the blind / text contexts are what they 
 import numpy as np
 import pytest
 import torch
-from limber_train_helpers import one_cpu_thread  # noqa: F401
 
 from vlbridge.data.objects_text import word_class
 from vlbridge.evaluation.likelihood import caption_losses, caption_tokens, continuation_losses, start_context, text_context
@@ -12,7 +11,7 @@ from vlbridge.evaluation.likelihood import caption_losses, caption_tokens, conti
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def lm(request, tmp_path_factory):
-    from tiny_lm import save_tiny_lm
+    from helpers.tiny_lm import save_tiny_lm
 
     from vlbridge.models.lm import FrozenLM
 

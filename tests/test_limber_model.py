@@ -9,22 +9,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tiny_lm import save_tiny_lm
+from helpers.tiny_lm import save_tiny_lm
 from vlbridge.errors import UserError
 from vlbridge.models.generation import GenerationConfig, answer_questions, caption_images, first_line, generate
 from vlbridge.models.limber import CONFIG_FILE, WEIGHTS_FILE, Limber, LimberConfig, build_prompt_embeds, caption_id_lists
 from vlbridge.models.lm import FrozenLM
 
 FEATURE_DIM = 12
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,11 @@ import json
 import pytest
 import torch
 
-from tiny_lm import save_tiny_lm
+from helpers.tiny_lm import save_tiny_lm
 from vlbridge.cli import main
 from vlbridge.data.records import open_image
 from vlbridge.models.generation import GenerationConfig, caption_images, first_line, generate
 from vlbridge.models.limber import Limber, LimberConfig
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

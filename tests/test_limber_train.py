@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from limber_train_helpers import make_tiny_encoder, make_tiny_lm, one_cpu_thread  # noqa: F401
+from helpers.limber_train_helpers import make_tiny_encoder, make_tiny_lm
 from safetensors.torch import load_file
 
 from vlbridge.cli import main

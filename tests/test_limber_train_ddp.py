@@ -3,7 +3,8 @@
 import pytest
 import torch
 import torch.multiprocessing as mp
-from limber_train_helpers import ddp_train_worker, free_port, make_tiny_encoder, make_tiny_lm, one_cpu_thread  # noqa: F401
+from helpers import free_port
+from helpers.limber_train_helpers import ddp_train_worker, make_tiny_encoder, make_tiny_lm
 
 from vlbridge.config import to_dict
 from vlbridge.training.limber import (

@@ -7,19 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_lm import ARCHITECTURES, save_tiny_lm
+from helpers.tiny_lm import ARCHITECTURES, save_tiny_lm
 from vlbridge.errors import AssetMissingError, UserError
 from vlbridge.models.lm import FrozenLM
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def lm_dirs(tmp_path_factory):

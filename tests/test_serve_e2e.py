@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_helpers import free_port, png_bytes, write_images
+from helpers import free_port
+from helpers.serve_helpers import png_bytes, write_images
 
 API_KEY = "e2e-key"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_helpers import png_bytes, write_images
+from helpers.serve_helpers import png_bytes, write_images
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from serve_helpers import png_bytes
+from helpers.serve_helpers import png_bytes
 
 
 @pytest.mark.assets

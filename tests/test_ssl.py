@@ -21,14 +21,6 @@ from vlbridge.models.registry import build_encoder
 from vlbridge.training.ssl import SSLTrainConfig, train_ssl
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-off costs on the shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 TINY_MODEL = {
     "timm_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 16, 32], "stem_width": 8, "output_stride": 16},
     "image_size": 32,

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from limber_train_helpers import one_cpu_thread  # noqa: F401
 
 from vlbridge.data.records import VQARecord
 from vlbridge.errors import UserError
@@ -132,7 +131,7 @@ def test_cached_features_ride_along_and_missing_ones_are_an_error():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from limber_train_helpers import make_tiny_lm
+    from helpers.limber_train_helpers import make_tiny_lm
 
     from vlbridge.models.limber import Limber, LimberConfig
 

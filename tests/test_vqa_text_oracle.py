@@ -28,7 +28,7 @@ def test_oracle_prompt_puts_each_images_caption_where_the_image_was():
 
 
 def test_text_only_model_answers_exactly_like_limber_on_text_prompts(tmp_path):
-    from limber_train_helpers import make_tiny_lm
+    from helpers.limber_train_helpers import make_tiny_lm
 
     from vlbridge.models.limber import Limber, LimberConfig
 

@@ -6,8 +6,9 @@ BPE tokenizer. `save_tiny_run(dir)` writes the same model as a vlbridge CLIP run
 which the CLI tests load back through the real `vlbridge.models.clip_loading.load_clip`.
 `legacy_embed_records(bundle, records)` is the pixel loop `vlbridge eval` ran before its features
 went through the FeatureStore, kept as the reference they must equal bit for bit.
-`single_thread` keeps torch and BLAS on one thread (the test machine's 2 cores are shared;
-OpenMP/OpenBLAS spinning under contention makes tiny ops ~50x slower).
+`single_thread` (autouse once imported into a test module) keeps OpenMP and BLAS on one thread
+(the test machine's 2 cores are shared; OpenMP/OpenBLAS spinning under contention makes tiny ops
+~50x slower); tests/conftest.py already keeps torch on one thread.
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def save_tiny_run(run_dir, seed: int = 0):
 
 @pytest.fixture(autouse=True)
 def single_thread():
-    """torch, OpenMP and BLAS (numpy/scipy/sklearn) on one thread for the test, restored after."""
+    """OpenMP and BLAS (numpy/scipy/sklearn) on one thread for the test, restored after.
+
+    torch's own thread count is conftest.py's business; this adds the BLAS limit the probe tests need.
+    """
     from threadpoolctl import threadpool_limits
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     with threadpool_limits(limits=1):
         yield
-    torch.set_num_threads(previous)
 
 
 @torch.no_grad()

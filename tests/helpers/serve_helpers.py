@@ -2,9 +2,9 @@
 
 Everything is random-weight and saved in the real formats, then read back through the real
 loaders, so the server starts in seconds without the study:
-- `make_models(root)`: a tiny open_clip CLIP run (tests/eval_helpers.save_tiny_run) and a LiMBeR
+- `make_models(root)`: a tiny open_clip CLIP run (helpers.eval_helpers.save_tiny_run) and a LiMBeR
   checkpoint whose encoder is that CLIP ("clip:RUN") and whose LM is a 2-layer GPT-2
-  (tests/tiny_lm.save_tiny_lm, GPT-2 with peaky random weights); the projector is scaled up so different images
+  (helpers.tiny_lm.save_tiny_lm, GPT-2 with peaky random weights); the projector is scaled up so different images
   give different captions.
 - `write_images(folder, n)`: shapes-world PNGs with same-stem .txt captions (a `folder:` spec).
 - `png_bytes(seed)`: one encoded shapes-world image.
@@ -14,7 +14,6 @@ loaders, so the server starts in seconds without the study:
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from eval_helpers import save_tiny_run
-from tiny_lm import save_tiny_lm
+from helpers import free_port
+from helpers.eval_helpers import save_tiny_run
+from helpers.tiny_lm import save_tiny_lm
 
 
 @dataclass
@@ -85,12 +85,6 @@ def png_bytes(seed: int = 0, image_size: int = 48) -> bytes:
     buffer = io.BytesIO()
     record.image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerThread:

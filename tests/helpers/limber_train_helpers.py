@@ -2,59 +2,21 @@
 
 Everything is built from random weights and saved in the real formats, then loaded back
 through the real loaders (nothing is downloaded):
-- `make_tiny_lm(dir)`: a 2-layer Llama (hidden 32) with a byte-level BPE tokenizer trained on a
-  few shapes-world sentences, saved with `save_pretrained` (loads via `FrozenLM.from_pretrained`).
+- `make_tiny_lm(dir)`: a 2-layer Llama (hidden 32) with helpers.tiny_lm's byte-level BPE tokenizer
+  (EOS doubling as pad), saved with `save_pretrained` (loads via `FrozenLM.from_pretrained`).
 - `make_tiny_encoder(dir)`: timm's `test_resnet` with random weights saved as safetensors; its
   spec `timm:test_resnet@FILE` goes through `vlbridge.models.registry.build_encoder`.
 - `tiny_records(n)`: shapes-world image-caption records at 32 px.
-- `one_cpu_thread`: autouse fixture (import it into a test module) running its tests on one thread.
+- `ddp_train_worker`: one torchrun-like gloo process of the DDP test (port from helpers.free_port).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models on a shared 2-core machine: 1 thread is ~40x faster than 2 contended ones.
-
-    Import this fixture into a test module to make it apply there (autouse, per module).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-TOKENIZER_CORPUS = [
-    "a red circle to the left of a blue square",
-    "two shapes: a green triangle and a yellow star",
-    "a picture of a small purple hexagon in the top left",
-    "Q: what colour is the circle? A: red",
-    "Q: how many shapes are there? A: 2",
-    "Q: is there a blue square? A: yes\nQ: where is the star? A: centre",
-    "there is a large orange cross at the bottom right, a brown heart and a black diamond",
-]
-
-
-def make_tiny_tokenizer(out_dir: Path):
-    """A byte-level BPE tokenizer (vocab ~300) with <|endoftext|> as EOS and pad, saved to out_dir."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(TOKENIZER_CORPUS * 3, trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    wrapped.save_pretrained(out_dir)
-    return wrapped
+from helpers.tiny_lm import train_tokenizer
 
 
 def make_tiny_lm(out_dir: Path, seed: int = 0) -> Path:
@@ -62,7 +24,9 @@ def make_tiny_lm(out_dir: Path, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
-    tokenizer = make_tiny_tokenizer(out_dir)
+    tokenizer = train_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(out_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -99,14 +63,6 @@ def tiny_records(n: int, split: str = "train", seed: int = 0, image_size: int = 
     from vlbridge.data.shapes import image_text_records
 
     return image_text_records(n, split=split, seed=seed, image_size=image_size, domain=domain)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ddp_train_worker(rank: int, world_size: int, port: int, config_dict: dict, out_dir: str, result_path: str) -> None:
