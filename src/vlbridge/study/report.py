@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,6 +49,10 @@ class ReportExtras:
 def fmt(value: Any, percent: bool = False, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)) and not percent:
+        return str(int(value))
     if isinstance(value, (int, float)):
         return f"{100 * value:.1f}" if percent else f"{value:.{digits}f}"
     return str(value)
@@ -306,7 +311,7 @@ def render_html(preset: str, summary: list[str], tables, figures: dict[str, Path
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>vlbridge study report</title>",
              "<style>body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right;vertical-align:top}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+             "text-align:left;vertical-align:top}td.num{text-align:right;white-space:nowrap}th{background:#f3f3f3}"
              "img{max-width:100%;border:1px solid #eee}.note{color:#555;font-size:90%}"
              f"ul.summary li{{margin:.3em 0}}{verdict_style}</style></head><body>",
              f"<h1>vlbridge study report ({html.escape(str(preset))} preset)</h1>",
@@ -316,14 +321,24 @@ def render_html(preset: str, summary: list[str], tables, figures: dict[str, Path
     for title, header, rows, note in tables:
         parts.append(f"<h2>{html.escape(title)}</h2><table><tr>"
                      + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{_verdict_html(c) if c in VERDICT_WORDS else html.escape(c)}</td>"
-                                   for c in row) + "</tr>" for row in rows]
+        parts += ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows]
         parts.append("</table>" + (f"<p class='note'>{html.escape(note)}</p>" if note else ""))
     for title, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+NUMERIC = re.compile(r"^[-+]?(\d|—)")  # cells that start with a number (or the missing-value dash)
+
+
+def _cell(text: str) -> str:
+    """One table cell: verdicts coloured, numbers right-aligned, words left-aligned."""
+    if text in VERDICT_WORDS:
+        return f"<td>{_verdict_html(text)}</td>"
+    css = " class='num'" if NUMERIC.match(text) else ""
+    return f"<td{css}>{html.escape(text)}</td>"
 
 
 def _verdict_html(text: str) -> str:
