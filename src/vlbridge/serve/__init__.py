@@ -2,11 +2,11 @@
 
     app.py        create_app: guards (size limit, API key), OpenAI-shaped errors, health, models, the page
     routes.py     caption, VQA, classify, embeddings, search, index images and thumbnails
-    chat.py       /v1/chat/completions (OpenAI vision shape, streaming as server-sent events)
+    chat.py       /v1/chat/completions (OpenAI vision shape, streamed as server-sent events by
+                  vlbridge.models.generation_stream)
     services.py   ServeConfig and Services: the loaded models, their batchers and worker threads
     batching.py   MicroBatcher: concurrent requests share one model call
     work.py       the batched model calls
-    streaming.py  stream_text: decoded text pieces of one prompt as the LM produces them
     inputs.py     request bodies, images from data URLs / base64 / multipart, ApiError
     demo.py       --demo: the latest study's models and an index over the embedded data
     static/       the page: index.html, app.js, style.css (no external requests)

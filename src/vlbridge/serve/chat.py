@@ -18,8 +18,10 @@ How a conversation becomes a LiMBeR prompt:
   1 and `stop` is not supported (a reply ends at the first newline). The reply is the first
   line of the generation, like every answer here.
 - `stream: true` answers as server-sent events: chat.completion.chunk objects, the first with
-  the assistant role, then one per decoded text piece as the LM produces it, then one with
-  finish_reason, then `data: [DONE]`.
+  the assistant role, then one per decoded text piece as the LM produces it
+  (`vlbridge.models.generation_stream.stream_answer`: a word once the next whitespace is
+  decoded), then one with finish_reason, then `data: [DONE]`. The pieces join to the reply the
+  same request gets without streaming.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import asyncio
 import json
 import secrets
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -38,10 +40,10 @@ from vlbridge.api import LimberModel
 from vlbridge.errors import UserError, one_line
 from vlbridge.evaluation.vqa import SHOT_SEPARATOR
 from vlbridge.models.generation import GenerationConfig
+from vlbridge.models.generation_stream import stream_answer
 from vlbridge.serve.inputs import ApiError, error_body, image_from_value, read_body
 from vlbridge.serve.routes import context, generate, need
 from vlbridge.serve.services import ServeConfig, Services
-from vlbridge.serve.streaming import stream_text
 
 router = APIRouter()
 
@@ -196,7 +198,7 @@ async def stream_events(services: Services, limber: LimberModel, prompt: list, g
     yield event({"role": "assistant", "content": ""})
     loop = asyncio.get_running_loop()
     executor = services.executors["stream"]
-    pieces = stream_text(limber, prompt, gen)
+    pieces = reply_pieces(limber, prompt, gen)
     text = ""
     try:
         while (piece := await loop.run_in_executor(executor, next, pieces, None)) is not None:
@@ -208,3 +210,16 @@ async def stream_events(services: Services, limber: LimberModel, prompt: list, g
         return
     yield event({}, "length" if completion_tokens(limber, text.strip()) >= gen.max_new_tokens else "stop")
     yield "data: [DONE]\n\n"
+
+
+def reply_pieces(limber: LimberModel, prompt: list, gen: GenerationConfig) -> Iterator[str]:
+    """Text pieces of the reply to `prompt` (str text / PIL image segments), decoded as they come.
+
+    The images go through `LimberModel.image_features`, as `LimberModel.generate` (the reply
+    without streaming) sends them; nothing runs until the first piece is asked for, so the
+    encoding too happens on the stream's worker thread.
+    """
+    images = [segment for segment in prompt if not isinstance(segment, str)]
+    features = iter(limber.image_features(images).unbind(0)) if images else iter(())
+    row = [segment if isinstance(segment, str) else next(features) for segment in prompt]
+    yield from stream_answer(limber.model, row, gen)
