@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tqdm.auto import tqdm
-
 from vlbridge.errors import BadInputError
 
 GROUP = None
@@ -24,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """Decoding options shared by `caption` and `vqa`."""
-    from vlbridge.models.generation import STRATEGIES
+    from vlbridge.models.generation_strategies import STRATEGIES  # torch-free, for --help
 
     group = parser.add_argument_group("decoding")
     group.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="decoding strategy (default greedy)")
@@ -96,6 +94,8 @@ def read_images(paths: list[str]):
 
 
 def run(args) -> int:
+    from tqdm.auto import tqdm
+
     from vlbridge.api import LimberModel
 
     if args.batch_size < 1:

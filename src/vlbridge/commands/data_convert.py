@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from vlbridge.data.formats import EXPORT_FORMATS, export_records, load_image_text
-from vlbridge.data.query_filter import count_words, filter_by_query_words, select_pairs, top_query_words
-from vlbridge.data.records import ImageTextRecord, SkipCounter
+from vlbridge.data.export_formats import EXPORT_FORMATS  # torch-free, for --help; readers and writers load in run_*
+
+if TYPE_CHECKING:
+    from vlbridge.data.records import ImageTextRecord
 
 GROUP = "data"
 
@@ -91,6 +93,9 @@ def _add_io_arguments(parser: argparse.ArgumentParser, format_required: bool) ->
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from vlbridge.data.formats import export_records, load_image_text
+    from vlbridge.data.records import SkipCounter
+
     skips = SkipCounter("export")
     records = load_image_text(args.source, skips)
     summary = export_records(records, args.out, args.format, args.shard_size, skips)
@@ -100,6 +105,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_filter(args: argparse.Namespace) -> int:
+    from vlbridge.data.formats import export_records, load_image_text
+    from vlbridge.data.query_filter import count_words, filter_by_query_words, top_query_words
+    from vlbridge.data.records import SkipCounter
+
     skips = SkipCounter("filter")
     source = load_image_text(args.source, skips)
     tally = {"kept": 0, "dropped": 0, "kept_pairs": 0, "dropped_pairs": 0}
@@ -133,6 +142,8 @@ def _select_stream(
     records: Iterable[ImageTextRecord], query_words: frozenset[str], tally: dict[str, int]
 ) -> Iterator[ImageTextRecord]:
     """The matching pairs of a stream, counting kept / dropped records and pairs in `tally`."""
+    from vlbridge.data.query_filter import select_pairs
+
     for record in records:
         selected = select_pairs(record, query_words)
         if selected is None:

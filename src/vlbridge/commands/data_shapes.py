@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from vlbridge.data.shapes import DOMAINS, HELD_OUT_COMBOS, SPLITS, write_dataset
+from vlbridge.data.shapes_scene import DOMAINS, HELD_OUT_COMBOS, SPLITS  # the world's vocabulary: no numpy / PIL
 from vlbridge.errors import UserError
 
 GROUP = "data"
@@ -70,6 +70,8 @@ def parse_split_fractions(text: str) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vlbridge.data.shapes import write_dataset
+
     fractions = parse_split_fractions(args.split_fractions)
     started = time.perf_counter()
     summary = write_dataset(

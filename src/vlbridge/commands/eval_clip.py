@@ -13,21 +13,18 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch.nn.functional as F
-
-from vlbridge.data import datasets
-from vlbridge.data.features import default_feature_root
-from vlbridge.data.specs import parse_spec
+# Only torch-free modules at the top (what --help shows); the evaluation code, data and models,
+# which import torch, are imported by the functions that run a command.
 from vlbridge.errors import UserError
+from vlbridge.evaluation.dataset_help import DATASET_HELP
+from vlbridge.evaluation.probe_config import ProbeConfig
+from vlbridge.evaluation.templates import builtin_template_names
 from vlbridge.io import atomic_write_text
-from vlbridge.evaluation.features_io import DATASET_HELP, captioned, eval_store, image_features, labelled_features
-from vlbridge.evaluation.linear_probe import ProbeConfig, linear_probe
-from vlbridge.evaluation.retrieval import retrieval_scores
-from vlbridge.evaluation.robustness import evaluate_robustness
-from vlbridge.evaluation.templates import builtin_template_names, templates_for
-from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
-from vlbridge.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from vlbridge.data import datasets
 
 GROUP = "eval"
 log = logging.getLogger(__name__)
@@ -148,6 +145,10 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:
+    from vlbridge.evaluation.features_io import labelled_features
+    from vlbridge.evaluation.templates import templates_for
+    from vlbridge.evaluation.zero_shot import build_classifier, zero_shot_scores
+
     bundle, encoder, store = load_clip_features(args)
     templates = templates_for(args.templates, args.dataset)[1]
     test = load_split(args, "test", args.n)
@@ -161,6 +162,9 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    from vlbridge.evaluation.features_io import labelled_features
+    from vlbridge.evaluation.linear_probe import linear_probe
+
     bundle, encoder, store = load_clip_features(args)
     train = load_split(args, "train", args.n_train)
     test = load_split(args, "test", args.n)
@@ -177,6 +181,12 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
+    import torch.nn.functional as F
+
+    from vlbridge.data import datasets
+    from vlbridge.evaluation.features_io import captioned, image_features
+    from vlbridge.evaluation.retrieval import retrieval_scores
+
     bundle, encoder, store = load_clip_features(args)
     data = captioned(datasets.load_dataset(args.dataset, "image_text", split="test", n=args.n, seed=args.seed))
     images_f, kept = image_features(store, encoder, data, args.batch_size)
@@ -194,6 +204,11 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
 
 def run_robustness(args: argparse.Namespace) -> int:
+    from vlbridge.evaluation.features_io import labelled_features
+    from vlbridge.evaluation.robustness import evaluate_robustness
+    from vlbridge.evaluation.templates import templates_for
+    from vlbridge.evaluation.zero_shot import build_classifier
+
     shift_specs = args.shift or default_shifts(args.dataset)
     bundle, encoder, store = load_clip_features(args)
     templates = templates_for(args.templates, args.dataset)[1]
@@ -223,11 +238,15 @@ def run_robustness(args: argparse.Namespace) -> int:
 
 def load_split(args: argparse.Namespace, split: str, n: int | None, spec: str | None = None) -> datasets.Dataset:
     """The labelled `split` of --dataset (or of `spec`), n images (a seeded subset) when n is given."""
+    from vlbridge.data import datasets
+
     return datasets.load_dataset(spec or args.dataset, "classification", split=split, n=n, seed=args.seed)
 
 
 def default_shifts(dataset: str) -> list[str]:
     """Every shapes-world shift of an unshifted shapes spec; other datasets need --shift."""
+    from vlbridge.data.specs import parse_spec
+
     parsed = parse_spec(dataset)
     if parsed.scheme != "shapes" or "shift" in parsed.options:
         raise UserError(f"robustness on {dataset!r} needs at least one --shift DATASET with the same classes")
@@ -242,8 +261,11 @@ def load_clip_features(args: argparse.Namespace):
     load_clip is imported only now. The encoder is the CLIP's pooled image embedding
     (`ClipImageEncoder`, what `clip:PATH` builds), unnormalised; the commands normalise it.
     """
+    from vlbridge.data.features import default_feature_root
+    from vlbridge.evaluation.features_io import eval_store
     from vlbridge.models.clip_loading import load_clip
     from vlbridge.models.encoders_clip import ClipImageEncoder
+    from vlbridge.runtime import resolve_device
 
     bundle = load_clip(args.model, device=resolve_device(args.device), arch=args.arch)
     encoder = ClipImageEncoder(bundle).to(bundle.device)
@@ -251,6 +273,8 @@ def load_clip_features(args: argparse.Namespace):
 
 
 def probe_config(args: argparse.Namespace) -> ProbeConfig:
+    from vlbridge.runtime import resolve_device
+
     return ProbeConfig(
         c_min=args.c_min,
         c_max=args.c_max,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlbridge.data import datasets
 from vlbridge.errors import UserError
 
 GROUP = None
@@ -56,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_image_records(dataset: str, split: str, n: int | None = None, seed: int = 0, image_size: int = 64) -> list:
     """Records (with .id and .image) of dataset spec `dataset`, through the one resolver."""
+    from vlbridge.data import datasets
+
     data = datasets.load_dataset(dataset, "image_text", split=split, n=n, seed=seed, image_size=image_size)
     return data.record_list()
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from vlbridge.config import load_config, merge
-
 GROUP = "train"
 
 DESCRIPTION = """\
@@ -47,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vlbridge.config import load_config, merge
     from vlbridge.training.ssl import SSLTrainConfig, train_ssl
 
     config = load_config(SSLTrainConfig, args.config, args.overrides)

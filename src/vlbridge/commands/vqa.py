@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlbridge.commands.caption import add_generation_options, generation_config, load_model, read_images
-from vlbridge.data.records import SkipCounter, VQARecord
 from vlbridge.errors import BadInputError
+
+if TYPE_CHECKING:
+    from vlbridge.data.records import VQARecord
 
 GROUP = None
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ def register(subparsers) -> None:
 
 def read_support(path: str | Path) -> list[VQARecord]:
     """VQARecords of a vqa.jsonl; images resolved beside it. Bad lines are skipped and counted."""
+    from vlbridge.data.records import SkipCounter, VQARecord
+
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"support file {path} does not exist; expected a vqa.jsonl from `vlbridge data shapes`")
@@ -85,6 +90,7 @@ def read_support(path: str | Path) -> list[VQARecord]:
 
 
 def run(args) -> int:
+    from vlbridge.data.records import VQARecord
     from vlbridge.evaluation.vqa import answer_prompts, build_prompt, check_template, choose_shots
 
     if args.shots < 0:

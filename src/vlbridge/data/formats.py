@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from vlbridge.data import formats_simple, formats_wds
 from vlbridge.data.datasets import load_classification, load_image_text, load_vqa
+from vlbridge.data.export_formats import EXPORT_FORMATS
 from vlbridge.data.formats_common import BAD_IMAGE, EMPTY_CAPTION, MISSING_IMAGE, encoded_image, iter_decoded
 from vlbridge.data.query_filter import FilterReport, filter_by_query_words
 from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter
@@ -40,8 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-EXPORT_FORMATS = ("wds", "jsonl", "folder", "csv")  # what export_records writes
 
 
 # ------------------------------------------------------------------------------------ export

@@ -25,14 +25,11 @@ import torch.nn.functional as F
 from vlbridge.data.datasets import Dataset
 from vlbridge.data.features import FeatureStore
 from vlbridge.errors import UserError
+from vlbridge.evaluation.dataset_help import DATASET_HELP  # noqa: F401  (re-exported; defined apart, torch-free, for --help)
 from vlbridge.evaluation.robustness import LabelledFeatures
 
 log = logging.getLogger(__name__)
 
-DATASET_HELP = (
-    "shapes[?shift=sketch|noisy|blur|invert] (also written shapes-shift:<shift>), fashion-mnist, "
-    "animal-silhouettes, openclipart, twemoji, imagefolder:PATH, or any labelled spec (jsonl:, csv:, ...)"
-)
 STORE_CHUNK_IMAGES = 1024  # about this many images per cache chunk (rounded to whole batches)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from vlbridge.data.specs import parse_spec
 from vlbridge.errors import BadInputError, UserError
 
 PLACEHOLDER = "{}"  # what a class name replaces in a template
@@ -53,6 +52,8 @@ def openai_templates() -> list[str]:
 
 def templates_for(spec: str, dataset: str) -> tuple[str, list[str]]:
     """(set name, templates) for `dataset` ("shapes", "shapes-shift:blur", "fashion-mnist", ...)."""
+    from vlbridge.data.specs import parse_spec  # imported here: specs pulls torch, and `vlbridge eval --help` must not
+
     if spec != PER_DATASET:
         return spec, load_templates(spec)
     family = parse_spec(dataset).scheme  # "shapes?shift=blur", "shapes-shift:blur" -> "shapes"

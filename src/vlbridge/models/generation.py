@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 from vlbridge.errors import UserError
+from vlbridge.models.generation_strategies import STRATEGIES
 from vlbridge.runtime import autocast
 
 if TYPE_CHECKING:
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
     from vlbridge.models.lm import FrozenLM
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("greedy", "beam", "sample")
 
 # HF settings fixed on every call, so an LM's generation_config.json (Llama-2: temperature 0.6 /
 # top_p 0.9; Qwen: repetition_penalty 1.05 / top_k 20; ...) cannot change vlbridge's decoding:
