@@ -47,7 +47,7 @@ def test_every_scheme_and_name_parses(spec, scheme, target, options):
 
 def test_the_tables_cover_every_documented_scheme_and_name():
     assert set(SCHEMES) == {"folder", "csv", "jsonl", "wds", "coco", "nocaps", "vqav2", "imagefolder"}
-    assert set(NAMED) == {"shapes", "twemoji", "openclipart", "animal-silhouettes", "fashion-mnist"}
+    assert set(NAMED) == {"shapes", "objects", "twemoji", "openclipart", "animal-silhouettes", "fashion-mnist"}
 
 
 def test_text_is_canonical_and_quotes_what_the_parser_splits_on():
@@ -274,6 +274,7 @@ def test_every_former_entry_point_goes_through_the_resolver(monkeypatch, tmp_pat
     config = load_study_config("quick")
     config.limber.caption_sets = {"shapes": "shapes?split=test&n=2"}
     limber_stages.caption_records(config)
+    config.limber.vqa_queries, config.limber.vqa_support = "shapes?split=test&n=2", "shapes?split=train&n=8"
     limber_stages.vqa_sets(config)
     run = save_tiny_run(tmp_path / "clip")
     for command in ("zeroshot", "retrieval"):

@@ -210,7 +210,8 @@ def test_report_opens_with_findings_and_shows_intervals(tmp_path):
     html = paths["html"].read_text()
     assert "class='v-reproduced'" in html and html.count("data:image/png;base64,") == len(
         list((tmp_path / "plots").iterdir()))
-    assert {"findings.png", "likelihood.png", "vqa_shots.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
+    assert {"findings_points.png", "findings_nats.png", "likelihood.png", "vqa_shots.png"} <= {
+        p.name for p in (tmp_path / "plots").iterdir()}
 
 
 # ------------------------------------------------------------------------------------ end to end

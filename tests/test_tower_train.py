@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from clip_fixtures import run_processes
+from helpers.clip_fixtures import run_processes
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn

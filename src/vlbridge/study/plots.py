@@ -67,6 +67,8 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]
 def lines_by_shots(series: dict[str, dict[str, float]], path: Path, title: str) -> Path:
     """VQA accuracy against number of shots, one line per encoder (and the blind baseline)."""
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    every_shot = sorted({int(s) for by_shot in series.values() for s in by_shot})
+    ax.set_xticks(every_shot)
     for name, by_shot in series.items():
         shots = sorted(by_shot, key=int)
         style = "--" if name == "blind" else "-"

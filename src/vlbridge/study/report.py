@@ -236,16 +236,16 @@ def make_plots(results: dict, extras: ReportExtras, folder: Path) -> dict[str, P
     """All figures the data allows; returns title -> PNG path."""
     figures: dict[str, Path] = {}
     measured = [f for f in results.get("findings", []) if f.get("effect") is not None]
-    if measured:
-        scale = lambda f: 100 if f["id"] in ACCURACY_CLAIMS else 1  # noqa: E731
-        colours = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:orange"}
-        rows = [(f"{f['id']}: {p['name']} ({'pts' if scale(f) == 100 else 'nats'})", p, scale(f), colours[p["verdict"]])
-                for f in measured for p in f.get("parts", [])]
-        figures["Findings: effects with 95 % intervals"] = plots.intervals(
-            [r[0] for r in rows], [r[1]["effect"] * r[2] for r in rows], [r[1]["ci95"][0] * r[2] for r in rows],
-            [r[1]["ci95"][1] * r[2] for r in rows], folder / "findings.png",
-            "Effects relative to 0 (green: reproduced, orange: inconclusive, red: contradicted)",
-            "effect minus threshold direction: > 0 supports the claim", 0.0, [r[3] for r in rows])
+    colours = {"reproduced": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:orange"}
+    for unit, claims, scale, name in (("accuracy points", ACCURACY_CLAIMS, 100, "findings_points.png"),
+                                      ("nats per token", ("C3", "C4"), 1, "findings_nats.png")):
+        rows = [(f"{f['id']}: {p['name']}", p) for f in measured if f["id"] in claims for p in f.get("parts", [])]
+        if rows:
+            figures[f"Findings in {unit}"] = plots.intervals(
+                [r[0] for r in rows], [r[1]["effect"] * scale for r in rows], [r[1]["ci95"][0] * scale for r in rows],
+                [r[1]["ci95"][1] * scale for r in rows], folder / name,
+                "Effects with 95 % intervals (green: reproduced, orange: inconclusive, red: contradicted)",
+                f"{unit}; > 0 supports the claim (C1: > -5)", 0.0, [colours[r[1]["verdict"]] for r in rows])
     likelihood = results.get("likelihood", {})
     if likelihood:
         order = sorted(likelihood, key=lambda k: likelihood[k]["nll_per_token"]["value"])
