@@ -79,6 +79,8 @@ def test_overrides_unknown_keys_and_presets():
         load_study_config("huge")
     with pytest.raises(UserError, match="unknown config key"):
         load_study_config("quick", overrides=["limber.nosuch=1"])
+    old = load_study_config("quick", overrides=["clip.steps=7", "train_clip=false"])  # the pre-ladder key names
+    assert old.ladder.train.steps == 7 and old.train_encoders is False
     with pytest.raises(UserError, match="n_seeds"):
         load_study_config("quick", overrides=["n_seeds=0"])
     with pytest.raises(UserError, match="unknown rung"):

@@ -10,7 +10,7 @@ written into results.json.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from vlbridge.config import from_dict, merge, parse_overrides, read_mapping, rename_keys, to_dict
 from vlbridge.errors import UserError
@@ -106,6 +106,8 @@ class PaperPaths:
 @dataclass
 class StudyConfig:
     """Everything `vlbridge study` runs."""
+
+    RENAMED_KEYS: ClassVar[dict] = {"train_clip": "train_encoders", "clip": "ladder.train"}  # old name -> new name
 
     preset: str = "default"  # quick | default | paper (recorded in the report)
     seed: int = 0  # seeds every stage
