@@ -131,22 +131,34 @@ def load_classification(spec: str, skips: SkipCounter | None = None) -> list[Ima
 
 
 # ------------------------------------------------------------------------------ the shapes world
+def _world_options(spec: DataSpec) -> tuple[DataSpec, str, str | None, int, int, int]:
+    """(spec with its defaults written in, split, shift, n, seed, image_size) of a procedural world.
+
+    The shapes world and the objects world share their splits, shifts and defaults.
+    """
+    from vlbridge.data.shapes_render import SHIFTS
+    from vlbridge.data.shapes_scene import SPLITS
+
+    name = spec.scheme
+    split = spec.options.get("split", SHAPES_DEFAULT_SPLIT)
+    if split not in SPLITS:
+        raise UserError(f"dataset {name!r} has splits {', '.join(SPLITS)}; got split={split!r}")
+    shift = spec.options.get("shift")
+    if shift is not None and shift not in SHIFTS:
+        raise UserError(f"{name} option shift= expects one of {', '.join(SHIFTS)}; got {shift!r}")
+    n = spec.count("n") or SHAPES_DEFAULT_N[split]
+    seed = spec.integer("seed", 0)
+    image_size = spec.integer("image_size", SHAPES_DEFAULT_IMAGE_SIZE)
+    return spec.with_options(split=split, n=n, seed=seed, image_size=image_size), split, shift, n, seed, image_size
+
+
 def _shapes(spec: DataSpec, task: str) -> tuple[DataSpec, list, list[str]]:
     """(spec with its defaults written in, records, class names) of the procedural shapes world."""
     from vlbridge.data import shapes
 
-    split = spec.options.get("split", SHAPES_DEFAULT_SPLIT)
-    if split not in shapes.SPLITS:
-        raise UserError(f"dataset 'shapes' has splits {', '.join(shapes.SPLITS)}; got split={split!r}")
-    shift = spec.options.get("shift")
-    if shift is not None and shift not in shapes.SHIFTS:
-        raise UserError(f"shapes option shift= expects one of {', '.join(shapes.SHIFTS)}; got {shift!r}")
-    n = spec.count("n") or SHAPES_DEFAULT_N[split]
-    seed = spec.integer("seed", 0)
-    image_size = spec.integer("image_size", SHAPES_DEFAULT_IMAGE_SIZE)
+    spec, split, shift, n, seed, image_size = _world_options(spec)
     domain = spec.options.get("domain") or None
     max_objects = spec.integer("max_objects", SHAPES_DEFAULT_MAX_OBJECTS)
-    spec = spec.with_options(split=split, n=n, seed=seed, image_size=image_size)
     if task == "classification":
         if "domain" in spec.options or "max_objects" in spec.options:
             raise UserError(f"{spec.text()!r}: the classification view holds single objects of the seen classes; "
@@ -165,16 +177,7 @@ def _objects(spec: DataSpec, task: str) -> tuple[DataSpec, list, list[str]]:
     """(spec with its defaults written in, records, class names) of the objects world (shapes + things)."""
     from vlbridge.data import objects
 
-    split = spec.options.get("split", SHAPES_DEFAULT_SPLIT)
-    if split not in objects.SPLITS:
-        raise UserError(f"dataset 'objects' has splits {', '.join(objects.SPLITS)}; got split={split!r}")
-    shift = spec.options.get("shift")
-    if shift is not None and shift not in objects.SHIFTS:
-        raise UserError(f"objects option shift= expects one of {', '.join(objects.SHIFTS)}; got {shift!r}")
-    n = spec.count("n") or SHAPES_DEFAULT_N[split]
-    seed = spec.integer("seed", 0)
-    image_size = spec.integer("image_size", SHAPES_DEFAULT_IMAGE_SIZE)
-    spec = spec.with_options(split=split, n=n, seed=seed, image_size=image_size)
+    spec, split, shift, n, seed, image_size = _world_options(spec)
     if task == "classification":
         if "max_objects" in spec.options or "things" in spec.options:
             raise UserError(f"{spec.text()!r}: the classification view holds single objects of one label set; "

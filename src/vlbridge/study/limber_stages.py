@@ -57,8 +57,9 @@ def build_projector(config: StudyConfig, spec: str, store: FeatureStore, seed: i
 
 
 # ------------------------------------------------------------------------------------ data
-def likelihood_records(config: StudyConfig, seed: int, fill=lambda s: s) -> list:
-    return list(datasets.load_dataset(fill(config.limber.likelihood_set), "image_text", seed=None).records)
+def likelihood_records(config: StudyConfig, fill=lambda s: s) -> list:
+    """The held-out images whose reference captions are scored (the same for every seed)."""
+    return list(datasets.load_dataset(fill(config.limber.likelihood_set), "image_text").records)
 
 
 def caption_records(config: StudyConfig, fill=lambda s: s) -> dict[str, list]:
@@ -171,7 +172,7 @@ def vqa_eval(model, config: StudyConfig, questions: list, support: list, seed: i
     from vlbridge.evaluation.fewshot import FewShotConfig, evaluate_fewshot
 
     limber = config.limber
-    vocabulary = {kind: answers for kind, answers in ANSWER_VOCABULARY.items()} if limber.vqa_per_type else {}
+    vocabulary = dict(ANSWER_VOCABULARY) if limber.vqa_per_type else {}
     fewshot = FewShotConfig(shots=tuple(limber.shots), demo_sets=limber.demo_sets, seed=seed,
                             template=limber.vqa_template, blind=blind, batch_size=limber.batch_size,
                             max_new_tokens=limber.answer_tokens, vocabulary=vocabulary)
@@ -186,7 +187,7 @@ def build_eval(config: StudyConfig, projector_dir: Path, store: FeatureStore, sc
     """eval.json of one projector: NLL rows, generated captions, VQA rows (NLL only for ablations)."""
     model = load_trained_limber(projector_dir, device=resolve_device(config.device))
     limber = config.limber
-    records = likelihood_records(config, seed, fill)
+    records = likelihood_records(config, fill)
     features = store.get_or_extract(model.encoder, fill(limber.likelihood_set), "nll", records)
     result: dict = {"nll": image_nll(model, records, features, limber.batch_size)}
     if not nll_only:
@@ -205,7 +206,7 @@ def build_baselines(config: StudyConfig, projector_dir: Path, seed: int, folder:
     """eval.json of the no-image baselines: blind NLL, text-ceiling NLL, blind VQA."""
     model = load_trained_limber(projector_dir, device=resolve_device(config.device))
     limber = config.limber
-    records = likelihood_records(config, seed, fill)
+    records = likelihood_records(config, fill)
     result: dict = {"nll": {"blind": baseline_nll(model.lm, records, limber.batch_size, ceiling=False)}}
     if limber.text_ceiling:
         result["nll"]["text"] = baseline_nll(model.lm, records, limber.batch_size, ceiling=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -126,14 +127,13 @@ def not_measured(claim_id: str, claim: str, why: str) -> dict:
 def compute_findings(config: StudyConfig, m: F.Measurements) -> list[dict]:
     limber = config.limber
     out = []
-    if m.zero_shot and limber.clip_key in m.probes or (m.zero_shot and config.clip_table.clip_probe in m.probes):
-        m.clip_key = config.clip_table.clip_probe
-        out.append(F.c1_zero_shot_vs_probe(m))
+    if m.zero_shot and config.clip_table.clip_probe in m.probes:
+        table = replace(m, clip_key=config.clip_table.clip_probe)  # C1/C2 read the probe of CLIP's own features
+        out.append(F.c1_zero_shot_vs_probe(table))
         shifts = [c for c in m.zero_shot if c != "clean"]
-        out.append(F.c2_effective_robustness(m) if shifts and len(m.probes) >= 2 else
+        out.append(F.c2_effective_robustness(table) if shifts and len(m.probes) >= 2 else
                    not_measured("C2", "Under distribution shift, zero-shot loses less than a probe.",
                                 "needs shifts and at least two probed encoders"))
-        m.clip_key = limber.clip_key
     else:
         out += [not_measured("C1", "Zero-shot CLIP is competitive with a linear probe.", "no CLIP table in this preset"),
                 not_measured("C2", "Under distribution shift, zero-shot loses less than a probe.",
