@@ -1,6 +1,7 @@
 """Tests for shared-demonstration few-shot VQA: demonstration lists, open answers equal to plain
 greedy generation on the full prompt, closed-set ranking equal to brute-force sequence scoring."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,10 +72,11 @@ def full_prompts(model, features, config, n_shots):
 
 @pytest.mark.parametrize("blind", [False, True])
 @pytest.mark.parametrize("n_shots", [0, 2])
-def test_open_answers_equal_plain_greedy_generation_of_the_full_prompt(tiny_model, features, blind, n_shots):
+@pytest.mark.parametrize("batch_size", [3, 64])  # 64: every question in one batch over all demonstration lists
+def test_open_answers_equal_plain_greedy_generation_of_the_full_prompt(tiny_model, features, blind, n_shots, batch_size):
     from vlbridge.models.generation import GenerationConfig, answer_questions
 
-    config = FewShotConfig(shots=(n_shots,), demo_sets=2, blind=blind, batch_size=3, max_new_tokens=6,
+    config = FewShotConfig(shots=(n_shots,), demo_sets=3, blind=blind, batch_size=batch_size, max_new_tokens=6,
                            vocabulary=VOCABULARY)
     result = evaluate_fewshot(tiny_model, QUERIES, SUPPORT, config, features)[str(n_shots)]
     expected = answer_questions(tiny_model, full_prompts(tiny_model, features, config, n_shots),
@@ -100,8 +102,9 @@ def brute_force_scores(model, features, config, n_shots):
 
 
 @pytest.mark.parametrize("n_shots", [0, 1, 4])
-def test_closed_set_scores_equal_brute_force_scoring(tiny_model, features, n_shots):
-    config = FewShotConfig(shots=(n_shots,), demo_sets=2, batch_size=2, vocabulary=VOCABULARY)
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_closed_set_scores_equal_brute_force_scoring(tiny_model, features, n_shots, batch_size):
+    config = FewShotConfig(shots=(n_shots,), demo_sets=2, batch_size=batch_size, vocabulary=VOCABULARY)
     expected = brute_force_scores(tiny_model, features, config, n_shots)
     lists = demo_lists(SUPPORT, n_shots, config)
     assigned = assign_sets(QUERIES, lists, config.seed)
@@ -114,8 +117,11 @@ def test_closed_set_scores_equal_brute_force_scoring(tiny_model, features, n_sho
         suffixes = [fewshot._embed(tiny_model, fewshot._segments([QUERIES[i]], features, config, solved=False), bos=False)
                     for i in rows]
         with torch.no_grad():
-            state = fewshot.prompt_state(tiny_model.lm, demo, suffixes)
+            state = fewshot.prompt_state(tiny_model.lm, [demo], suffixes)
             got = fewshot.candidate_scores(tiny_model.lm, state, [candidates.get(QUERIES[i].answer_type) for i in rows])
+            best = fewshot.best_candidates(tiny_model.lm, state, [candidates.get(QUERIES[i].answer_type) for i in rows],
+                                           per_round=1)
+        assert best == [None if s is None else int(np.argmax(s)) for s in got]  # the pruned search finds the argmax
         for i, scores in zip(rows, got):
             assert (scores is None) == (expected[i] is None)
             if scores is not None:

@@ -148,16 +148,16 @@ def evaluate_fewshot(model, queries: Sequence[VQARecord], support: Sequence[VQAR
     for n_shots in config.shots:
         lists = demo_lists(support, n_shots, config)
         assigned = assign_sets(queries, lists, config.seed)
+        order = sorted(range(len(queries)), key=lambda i: (assigned[i], i))  # a batch spans few demonstration lists
+        demos: dict[int, torch.Tensor] = {}  # demonstration list -> (D, H) embeddings, made once
         by_question: dict[int, QuestionResult] = {}
-        for set_index, demos in enumerate(tqdm(lists, desc=f"{desc} {n_shots}-shot", leave=False, disable=None)):
-            members = [i for i, s in enumerate(assigned) if s == set_index]
-            if not members:
-                continue
-            demo = _embed(model, _segments(demos, features, config, solved=True), bos=True)  # (D, H)
-            for start in range(0, len(members), config.batch_size):
-                chunk = members[start : start + config.batch_size]
-                answered = _answer_batch(model, demo, [queries[i] for i in chunk], features, config, candidates)
-                by_question.update(zip(chunk, answered))
+        for start in tqdm(range(0, len(order), config.batch_size), desc=f"{desc} {n_shots}-shot", leave=False, disable=None):
+            chunk = order[start : start + config.batch_size]
+            for index in {assigned[i] for i in chunk} - demos.keys():
+                demos[index] = _embed(model, _segments(lists[index], features, config, solved=True), bos=True)
+            answered = _answer_batch(model, demos, [assigned[i] for i in chunk], [queries[i] for i in chunk],
+                                     features, config, candidates)
+            by_question.update(zip(chunk, answered))
         results[str(n_shots)] = [by_question[i] for i in range(len(queries))]
         log.info("VQA %d-shot%s: open %.3f, closed %s", n_shots, " (blind)" if config.blind else "",
                  np.mean([r.open_accuracy for r in results[str(n_shots)]]), _closed_mean(results[str(n_shots)]))
@@ -169,14 +169,16 @@ def _closed_mean(rows: list[QuestionResult]) -> str:
     return f"{np.mean(values):.3f}" if values else "-"
 
 
-def _answer_batch(model, demo: torch.Tensor, queries: list[VQARecord], features, config: FewShotConfig, candidates) -> list[QuestionResult]:
+def _answer_batch(model, demos: dict[int, torch.Tensor], demo_of_row: list[int], queries: list[VQARecord], features,
+                  config: FewShotConfig, candidates) -> list[QuestionResult]:
     from vlbridge.evaluation.metrics.vqa_accuracy import item_accuracy
 
     lm = model.lm
     suffixes = [_embed(model, _segments([q], features, config, solved=False), bos=False) for q in queries]
-    state = prompt_state(lm, demo, suffixes)
+    used = sorted(set(demo_of_row))
+    state = prompt_state(lm, [demos[i] for i in used], suffixes, [used.index(i) for i in demo_of_row])
     sets = [candidates.get(q.answer_type) for q in queries]
-    closed = [None if c is None else c.answers[int(np.argmax(v))] for c, v in zip(sets, candidate_scores(lm, state, sets))]
+    closed = [None if c is None else c.answers[best] for c, best in zip(sets, best_candidates(lm, state, sets))]
     opened = _greedy(lm, state, config.max_new_tokens)
     rows = []
     for query, open_answer, closed_answer in zip(queries, opened, closed):
@@ -198,21 +200,33 @@ class _PromptState:
     log_probs: torch.Tensor  # (B, V) float32 log-probabilities of the next token
 
 
-def prompt_state(lm, demo: torch.Tensor, suffixes: list[torch.Tensor]) -> _PromptState:
-    """Run the shared demonstration once, then every question's own tokens over copies of its cache."""
-    batch, width, demo_len = len(suffixes), max(s.shape[0] for s in suffixes), demo.shape[0]
+def prompt_state(lm, demos: list[torch.Tensor], suffixes: list[torch.Tensor], demo_of_row: list[int] | None = None) -> _PromptState:
+    """Run each demonstration once, then every question's own tokens over a copy of its demonstration's cache.
+
+    demos: (D_i, H) embeddings of the demonstration lists in this batch (left-padded together);
+    demo_of_row: which of them precedes each suffix (default: all rows share demos[0]).
+    """
+    demo_of_row = demo_of_row if demo_of_row is not None else [0] * len(suffixes)
+    batch, width, demo_len = len(suffixes), max(s.shape[0] for s in suffixes), max(d.shape[0] for d in demos)
+    rows = torch.tensor(demo_of_row, device=lm.device)
     cache = None
     with autocast(lm.device):
+        demo_mask = torch.zeros(len(demos), demo_len, dtype=torch.long, device=lm.device)  # (N, D) left padded
         if demo_len:
-            cache = lm(demo[None].to(lm.device, lm.dtype), None, use_cache=True).cache
-            cache.batch_repeat_interleave(batch)
+            demo_embeds = torch.zeros(len(demos), demo_len, lm.hidden_size, dtype=lm.dtype, device=lm.device)  # (N, D, H)
+            for index, demo in enumerate(demos):
+                demo_embeds[index, demo_len - demo.shape[0] :] = demo.to(lm.device, lm.dtype)
+                demo_mask[index, demo_len - demo.shape[0] :] = 1
+            demo_positions = (demo_mask.cumsum(dim=1) - 1).clamp_min(0)  # (N, D)
+            cache = lm(demo_embeds, demo_mask, use_cache=True, position_ids=demo_positions, logits_to_keep=1).cache
+            cache.batch_select_indices(rows)  # (B, ...) one copy per question
         embeds = torch.zeros(batch, width, lm.hidden_size, dtype=lm.dtype, device=lm.device)  # (B, S, H)
         suffix_mask = torch.zeros(batch, width, dtype=torch.long, device=lm.device)  # (B, S) left padded
         for row, suffix in enumerate(suffixes):
             embeds[row, width - suffix.shape[0] :] = suffix.to(lm.device, lm.dtype)
             suffix_mask[row, width - suffix.shape[0] :] = 1
-        positions = (demo_len + suffix_mask.cumsum(dim=1) - 1).clamp_min(0)  # (B, S)
-        mask = torch.cat([suffix_mask.new_ones(batch, demo_len), suffix_mask], dim=1)  # (B, D + S)
+        mask = torch.cat([demo_mask[rows], suffix_mask], dim=1)  # (B, D + S)
+        positions = (mask.cumsum(dim=1)[:, demo_len:] - 1).clamp_min(0)  # (B, S) continue each row's demonstration
         out = lm(embeds, mask, past_key_values=cache, use_cache=True, position_ids=positions, logits_to_keep=1)
     log_probs = out.logits[:, -1].float().log_softmax(dim=-1)  # (B, V)
     return _PromptState(out.cache, mask, positions[:, -1:] + 1, log_probs)
@@ -234,11 +248,63 @@ def candidate_scores(lm, state: _PromptState, sets: list[CandidateSet | None]) -
     return [None if c is None else [scores[row, n] for n in range(len(c.answers))] for row, c in enumerate(sets)]
 
 
+def best_candidates(lm, state: _PromptState, sets: list[CandidateSet | None], per_round: int = 2) -> list[int | None]:
+    """Index of each question's most likely candidate: the argmax of `candidate_scores`, found with less work.
+
+    A candidate's summed log-probability is at most that of its first token, which the prompt state
+    already holds. Candidates are visited from the highest first-token bound down; longer ones are
+    scored `per_round` at a time per question, and a question is settled once every candidate left has
+    a bound below the best full score so far (ties keep the lower index, as np.argmax does).
+    """
+    best: list[tuple[float, int] | None] = [None] * len(sets)  # (score, candidate index) per question
+    queues = []  # per question: candidates by descending first-token bound
+    for row, candidate_set in enumerate(sets):
+        bounds = [] if candidate_set is None else [float(state.log_probs[row, ids[0]]) for ids in candidate_set.token_ids]
+        queues.append(sorted(range(len(bounds)), key=lambda n: (-bounds[n], n)))
+    positions = [0] * len(sets)
+
+    def offer(row: int, number: int, score: float) -> None:
+        if best[row] is None or score > best[row][0] or (score == best[row][0] and number < best[row][1]):
+            best[row] = (score, number)
+
+    while True:
+        pending: list[tuple[int, int, list[int]]] = []  # (question row, candidate, ids) scored this round
+        for row, candidate_set in enumerate(sets):
+            taken = 0
+            while positions[row] < len(queues[row]) and taken < per_round:
+                number = queues[row][positions[row]]
+                ids = candidate_set.token_ids[number]
+                bound = float(state.log_probs[row, ids[0]])
+                if best[row] is not None and bound < best[row][0]:
+                    positions[row] = len(queues[row])  # nothing left can win
+                    break
+                positions[row] += 1
+                if len(ids) == 1:
+                    offer(row, number, bound)
+                else:
+                    pending.append((row, number, ids))
+                    taken += 1
+        if not pending:
+            break
+        for start in range(0, len(pending), 64):
+            part = pending[start : start + 64]
+            for (row, number, ids), extra in zip(part, _continuation_scores(lm, state, part)):
+                offer(row, number, float(state.log_probs[row, ids[0]]) + extra)
+    return [None if b is None else b[1] for b in best]
+
+
+def _select_rows(cache, rows: torch.Tensor):
+    """A cache holding only `rows` of `cache`, which stays as it is (no copy of the other rows)."""
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(rows)
+    return selected
+
+
 def _continuation_scores(lm, state: _PromptState, part: list[tuple[int, int, list[int]]]) -> list[float]:
     """Log-probability of tokens 2.. of each candidate after its question's prompt (cached)."""
     rows = torch.tensor([row for row, _, _ in part], device=lm.device)
-    cache = copy.deepcopy(state.cache)
-    cache.batch_select_indices(rows)
+    cache = _select_rows(state.cache, rows)
     width = max(len(ids) for _, _, ids in part) - 1
     inputs = torch.full((len(part), width), lm.pad_token_id, dtype=torch.long, device=lm.device)  # (C, W)
     extra_mask = torch.zeros(len(part), width, dtype=torch.long, device=lm.device)  # (C, W) right padded
