@@ -315,3 +315,15 @@ def test_answer_questions_embeds_features_images_and_text(lm_dirs, encoder_spec)
         assert answer == first_line(model.lm.decode(generate(model.lm, embeds, mask, config)[0]))
     with pytest.raises(TypeError, match="prompt segment"):
         answer_questions(model, [[3.5, "Q:"]], config)
+
+
+@pytest.mark.parametrize("lm_name", ["gpt2", "bos"])
+def test_image_context_is_what_training_puts_before_the_caption(lm_dirs, lm_name):
+    model = features_model(lm_dirs[lm_name], num_prefix_tokens=3)
+    features = torch.randn(2, FEATURE_DIM)
+    with torch.no_grad():
+        context = model.image_context(features)  # (B, [1+]P, H)
+        inputs = model.training_inputs(model.image_prefix({"image_features": features}), [[5, 6], [7]])
+    front = 1 + 3 if model.lm.prepend_bos else 3
+    assert context.shape == (2, front, model.lm.hidden_size)
+    assert torch.equal(context, inputs.inputs_embeds[:, :front])

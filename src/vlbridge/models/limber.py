@@ -210,6 +210,11 @@ class Limber(nn.Module):
         prefix = self.projector(features.to(self.device))  # (B, P, H)
         return prefix.to(self.lm.dtype)
 
+    def image_context(self, features: torch.Tensor) -> torch.Tensor:
+        """What the LM reads before a caption: (B, D) image features -> (B, [1+]P, H) ([BOS] + soft prompt)."""
+        prefix = self.image_prefix({"image_features": features})  # (B, P, H)
+        return torch.cat([self._front_embeds(features.shape[0]), prefix.to(self.lm.dtype)], dim=1)
+
     def _front_embeds(self, batch_size: int) -> torch.Tensor:
         """(B, 1, H) BOS embedding for LMs that expect one, else (B, 0, H)."""
         if not self.lm.prepend_bos:

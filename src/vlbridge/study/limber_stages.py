@@ -116,9 +116,7 @@ def image_nll(model, records: list, features: dict, batch_size: int) -> list[dic
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         stacked = torch.stack([features[r.id] for r in chunk]).to(model.device)  # (B, D)
-        prefix = model.image_prefix({"image_features": stacked})  # (B, P, H)
-        front = torch.cat([model._front_embeds(len(chunk)), prefix], dim=1)  # (B, [1+]P, H)
-        contexts += list(front)
+        contexts += list(model.image_context(stacked))  # (B, [1+]P, H) per image
     return nll_rows(caption_losses(model.lm, [r.id for r in records], contexts, [_reference(r) for r in records],
                                    word_class, batch_size))
 
