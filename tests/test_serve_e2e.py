@@ -67,7 +67,7 @@ def server(serve_models, tmp_path_factory):
         log.close()
 
 
-def _wait_ready(url: str, process, log_path: Path, timeout: float = 240.0) -> None:
+def _wait_ready(url: str, process, log_path: Path, timeout: float = 600.0) -> None:  # a loaded 2-core CI box starts slowly
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -162,7 +162,9 @@ def test_page_answers_a_question(page, server, upload):
     page.click("#ask-btn")
     page.wait_for_selector("#answer-out.text", timeout=60_000)
     expected = post(url, "/v1/vqa", {"image": data_url(upload.read_bytes()), "question": "what colour is the circle?"})
-    assert page.text_content("#answer-out") == (expected["answer"] or "(empty answer)")
+    shown = page.text_content("#answer-out")
+    assert shown == expected["answer"] if expected["answer"] else shown.startswith("(empty answer")
+    assert page.is_hidden("#shots-box")  # this server has no example shots to offer
 
 
 @pytest.mark.browser
