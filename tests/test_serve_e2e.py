@@ -105,6 +105,7 @@ def browser():
 def page(browser, server):
     url, _ = server
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(120_000)  # clicks and fills: Playwright's 30 s ran out on a loaded 2-core box
     page = context.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
