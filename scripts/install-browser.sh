@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the browser tests of `vlbridge serve` (tests/test_serve_browser.py).
+# Install Debian's chromium for the browser tests of `vlbridge serve` (tests/test_serve_e2e.py).
 #
 #   bash scripts/install-browser.sh      (run by `make setup`)
 #

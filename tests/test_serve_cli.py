@@ -67,6 +67,9 @@ def test_demo_serves_the_studys_clip_projector_and_builds_its_index_once(serve_m
     monkeypatch.setattr(index_build, "add_to_index", add_unless_missing)
     services = demo.load_demo_services(paths)
     assert len(services.index) == 9 and services.model_ids() == {"limber": "limber:demo", "clip": "clip:demo"}
+    shots = services.example_shots  # solved questions of different kinds, for the page's "examples"
+    assert len(shots) == demo.DEMO_SHOTS and len({" ".join(s["question"].split()[:2]) for s in shots}) == demo.DEMO_SHOTS
+    assert all(s["answer"].strip() and s["image"].size[0] > 0 for s in shots)
     stamp = (paths.index / "index.json").stat().st_mtime_ns
     assert len(demo.load_demo_services(paths).index) == 9
     assert (paths.index / "index.json").stat().st_mtime_ns == stamp  # reused, not rebuilt

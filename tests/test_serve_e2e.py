@@ -32,6 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 LOAD_REQUESTS = 200  # concurrent requests of the load test
 LOAD_RSS_TOLERANCE = 64 * 2**20  # bytes the server's RSS may grow between warm-up and after the load
 HEADERS = {"authorization": f"Bearer {API_KEY}"}
+PAGE_WAIT_MS = 300_000  # the page waits for a model answer at most this long (a loaded 2-core box: a caption can take 100 s)
 
 
 def data_url(data: bytes) -> str:
@@ -67,7 +68,7 @@ def server(serve_models, tmp_path_factory):
         log.close()
 
 
-def _wait_ready(url: str, process, log_path: Path, timeout: float = 240.0) -> None:
+def _wait_ready(url: str, process, log_path: Path, timeout: float = 600.0) -> None:  # a loaded 2-core CI box starts slowly
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -104,6 +105,7 @@ def browser():
 def page(browser, server):
     url, _ = server
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(120_000)  # clicks and fills: Playwright's 30 s ran out on a loaded 2-core box
     page = context.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
@@ -132,7 +134,7 @@ def test_page_captions_an_uploaded_image(page, server, upload):
     page.set_input_files("#file", str(upload))
     page.wait_for_selector("#preview:not([hidden])")
     page.click("#caption-btn")
-    page.wait_for_selector("#caption-out.text", timeout=60_000)
+    page.wait_for_selector("#caption-out.text", timeout=PAGE_WAIT_MS)
     expected = post(url, "/v1/caption", {"image": data_url(upload.read_bytes()), "max_new_tokens": 30})["captions"][0]
     assert page.text_content("#caption-out") == (expected or "(empty caption)")
 
@@ -144,7 +146,7 @@ def test_page_classifies_with_typed_labels(page, server, upload):
     page.fill("#labels", "red circle, blue square, green star, yellow heart")
     page.fill("#templates", "a photo of a {}.\na drawing of a {}.")
     page.click("#classify-btn")
-    page.wait_for_selector("#classify-out .label-row", timeout=60_000)
+    page.wait_for_selector("#classify-out .label-row", timeout=PAGE_WAIT_MS)
     shown = [row.text_content() for row in page.query_selector_all("#classify-out .label-row .name")]
     expected = post(url, "/v1/classify", {"image": data_url(upload.read_bytes()),
                                           "labels": ["red circle", "blue square", "green star", "yellow heart"],
@@ -160,9 +162,11 @@ def test_page_answers_a_question(page, server, upload):
     page.set_input_files("#file", str(upload))
     page.fill("#question", "what colour is the circle?")
     page.click("#ask-btn")
-    page.wait_for_selector("#answer-out.text", timeout=60_000)
+    page.wait_for_selector("#answer-out.text", timeout=PAGE_WAIT_MS)
     expected = post(url, "/v1/vqa", {"image": data_url(upload.read_bytes()), "question": "what colour is the circle?"})
-    assert page.text_content("#answer-out") == (expected["answer"] or "(empty answer)")
+    shown = page.text_content("#answer-out")
+    assert shown == expected["answer"] if expected["answer"] else shown.startswith("(empty answer")
+    assert page.is_hidden("#shots-box")  # this server has no example shots to offer
 
 
 @pytest.mark.browser
@@ -171,9 +175,9 @@ def test_page_searches_by_text_and_shows_images(page, server, upload, tmp_path):
     page.fill("#search-q", "a large red circle")
     page.select_option("#search-k", "8")
     page.click("#search-btn")
-    page.wait_for_selector("#results .result", timeout=60_000)
+    page.wait_for_selector("#results .result", timeout=PAGE_WAIT_MS)
     page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)",
-                           timeout=60_000)
+                           timeout=PAGE_WAIT_MS)
     expected = post(url, "/v1/search", {"query": "a large red circle", "k": 8})["results"]
     assert [c.text_content() for c in page.query_selector_all("#results .caption")] == [r["caption"] for r in expected]
     assert [c.text_content() for c in page.query_selector_all("#results .score")] == [f"{r['score']:.3f}" for r in expected]
@@ -181,7 +185,7 @@ def test_page_searches_by_text_and_shows_images(page, server, upload, tmp_path):
     page.set_input_files("#file", str(upload))  # then: images like the uploaded one
     page.evaluate("document.getElementById('results').replaceChildren()")
     page.click("#similar-btn")
-    page.wait_for_selector("#results .result", timeout=60_000)
+    page.wait_for_selector("#results .result", timeout=PAGE_WAIT_MS)
     expected = post(url, "/v1/search", {"image": data_url(upload.read_bytes()), "k": 8})["results"]
     assert [c.text_content() for c in page.query_selector_all("#results .caption")] == [r["caption"] for r in expected]
     shot = tmp_path / "page.png"

@@ -41,7 +41,7 @@ def client_for(services, **config):
     from vlbridge.serve import ServeConfig, Services, create_app
 
     if isinstance(services, Services):
-        services = Services(services.limber, services.clip, services.index)
+        services = Services(services.limber, services.clip, services.index, example_shots=services.example_shots)
     return TestClient(create_app(services, ServeConfig(**config)))
 
 
@@ -83,6 +83,27 @@ def test_vqa_with_shots(client, served):
     assert response.status_code == 200 and response.json()["answer"] == expected and response.json()["shots"] == 1
     framed = client.post("/v1/vqa", json={"image": data_url(IMAGE), "question": "what?", "template": "Question: {question} Answer:"})
     assert framed.json()["answer"] == served.limber.answer(IMAGE, "what?", template="Question: {question} Answer:")
+
+
+def test_vqa_with_the_servers_example_shots(client, served):
+    from vlbridge.serve import Services
+
+    examples = [{"image": OTHER, "question": "how many shapes?", "answer": "two"},
+                {"image": IMAGE, "question": "is it red?", "answer": "yes"}]
+    assert client.get("/readyz").json()["example_shots"] == 0
+    with client_for(Services(served.limber, served.clip, served.index, example_shots=examples)) as with_examples:
+        assert with_examples.get("/readyz").json()["example_shots"] == 2
+        response = with_examples.post("/v1/vqa", json={"image": data_url(IMAGE), "question": "what colour is it?", "shots": 2})
+        expected = served.limber.answer(IMAGE, "what colour is it?", shots=examples)
+        assert response.status_code == 200 and response.json() == {**response.json(), "answer": expected, "shots": 2}
+        form = with_examples.post("/v1/vqa", files={"image": ("a.png", IMAGE, "image/png")},
+                                  data={"question": "what colour is it?", "shots": "1"})
+        assert form.json()["answer"] == served.limber.answer(IMAGE, "what colour is it?", shots=examples[:1])
+        assert form.json()["shots"] == 1
+        assert_error(with_examples.post("/v1/vqa", json={"image": data_url(IMAGE), "question": "what?", "shots": 3}),
+                     400, "this server has 2 example shots", "shots")
+        assert_error(with_examples.post("/v1/vqa", json={"image": data_url(IMAGE), "question": "what?", "shots": "two"}),
+                     400, "shots must be a list or a number", "shots")
 
 
 def test_classify_json_and_multipart(client, served):

@@ -112,7 +112,7 @@ def _add_basic_routes(app: FastAPI, state: ServerState) -> None:
         services = state.ready()
         return {"status": "ready", "models": services.model_ids(),
                 "index": None if services.index is None else {"images": len(services.index), "kind": services.index.kind},
-                "vqa_template": state.config.vqa_template}
+                "vqa_template": state.config.vqa_template, "example_shots": len(services.example_shots)}
 
     @app.get("/v1/models")
     async def models():

@@ -6,7 +6,8 @@ projector of key "clip" (the trained CLIP's image tower into SmolLM2) and that C
 searches an index over the embedded data sets (Twemoji, the openclipart test split and shapes-world
 test images) kept in the study cache under serve-index/<CLIP folder name>; it is built on the
 first start (a minute or two on 2 CPU cores) and reused afterwards. Embedded sets that are not
-installed are left out with a warning.
+installed are left out with a warning. Questions may use DEMO_SHOTS solved shapes-world training
+questions as few-shot examples (`"shots": N` in /v1/vqa; the page's "examples" choice).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 DEMO_SOURCES = ("twemoji", "openclipart?split=test", "shapes?split=test&n=500")  # what the demo index holds
 DEMO_ENCODER_KEY = "clip"  # the study's encoder key whose projector the demo serves
 DEMO_NAME = "demo"  # model ids of the demo: limber:demo and clip:demo
+DEMO_SHOTS = 4  # solved shapes-world questions the demo offers as few-shot examples (VQA "shots": N)
+DEMO_SHOTS_SEED = 7  # which training questions they are
 NO_STUDY = ("no finished `{preset}` study run in {cache}: run `make demo` (or `vlbridge study`) first, "
             "then `vlbridge serve --demo`")
 
@@ -90,12 +93,35 @@ def _mark_complete(root: Path) -> None:
     atomic_write_json(root / INFO_FILE, info)
 
 
+def example_shots(count: int = DEMO_SHOTS, seed: int = DEMO_SHOTS_SEED) -> list[dict]:
+    """`count` solved shapes-world training questions, each of another kind (how many / what colour / is there / where ...).
+
+    The answer is the one most of the ten annotators gave. With no shot, SmolLM2-135M mostly ends
+    its answer at once (an empty answer); with these it answers in the expected form.
+    """
+    from collections import Counter
+
+    from vlbridge.data.shapes import vqa_records
+
+    shots, kinds = [], set()
+    for record in vqa_records(50, split="train", seed=seed):
+        kind = " ".join(record.question.split()[:2])
+        if kind in kinds:
+            continue
+        kinds.add(kind)
+        answer = Counter(record.answers).most_common(1)[0][0]
+        shots.append({"image": record.image, "question": record.question, "answer": answer})
+        if len(shots) == count:
+            break
+    return shots
+
+
 def load_demo_services(paths: DemoPaths, device: str = "cpu"):
-    """Services of the demo: the LiMBeR, its CLIP and the (built if missing) index."""
+    """Services of the demo: the LiMBeR, its CLIP, the (built if missing) index and example shots for questions."""
     from vlbridge.api import ClipModel, LimberModel, SearchIndex
     from vlbridge.serve.services import Services
 
     limber = LimberModel.from_pretrained(paths.limber, device=device, name=DEMO_NAME)
     clip = ClipModel.from_pretrained(paths.clip, device=device, name=DEMO_NAME)
     index = SearchIndex.open(ensure_demo_index(paths, clip))
-    return Services(limber, clip, index).check()
+    return Services(limber, clip, index, example_shots=example_shots()).check()

@@ -2,8 +2,9 @@
 
     POST /v1/caption     {"images": [IMAGE, ...] | "image": IMAGE, "prompt"?, decoding options}
                          -> {"captions": [...]}
-    POST /v1/vqa         {"image", "question", "shots"?: [{"image", "question", "answer"}], "template"?, decoding}
-                         -> {"answer": "..."}
+    POST /v1/vqa         {"image", "question", "shots"?: [{"image", "question", "answer"}] | N, "template"?, decoding}
+                         -> {"answer": "..."}; "shots": N uses the first N of the server's example shots
+                         (`vlbridge serve --demo` has solved shapes-world questions; /readyz says how many)
     POST /v1/classify    {"image", "labels": [...], "templates"?: ["a photo of a {}.", ...]}
                          -> {"labels": [{"label", "score"}, ...]} best first, scores sum to 1
     POST /v1/embeddings  OpenAI: {"model"?, "input": str | [str | {"type": "text"|"image_url", ...}],
@@ -122,15 +123,32 @@ async def vqa(request: Request):
     image = await run_in_threadpool(one_image, fields, files)
     question = text_field(fields, "question")
     shots = fields.get("shots") or []
-    if not isinstance(shots, list) or len(shots) > MAX_SHOTS or not all(isinstance(s, dict) for s in shots):
-        raise ApiError(400, f"shots must be a list of at most {MAX_SHOTS} objects {{image, question, answer}}", "shots")
-    solved = [{**shot, "image": await run_in_threadpool(image_from_value, shot.get("image"), f"shots[{n}].image")}
-              for n, shot in enumerate(shots)]
+    if isinstance(shots, (int, str)) and not isinstance(shots, bool):
+        solved = server_shots(services, shots)
+    else:
+        if not isinstance(shots, list) or len(shots) > MAX_SHOTS or not all(isinstance(s, dict) for s in shots):
+            raise ApiError(400, f"shots must be a list of at most {MAX_SHOTS} objects {{image, question, answer}} "
+                                "or a number of the server's example shots", "shots")
+        solved = [{**shot, "image": await run_in_threadpool(image_from_value, shot.get("image"), f"shots[{n}].image")}
+                  for n, shot in enumerate(shots)]
     template = text_field(fields, "template", required=False) or config.vqa_template
     gen = decoding(fields, config, default_max=10)
     prompt = limber.question_prompt(image, question, solved, template)
     answer = (await generate(services, [prompt], gen))[0]
     return {"object": "vqa.answer", "model": services.model_ids()["limber"], "answer": answer, "shots": len(solved)}
+
+
+def server_shots(services: Services, count) -> list[dict]:
+    """The first `count` of the server's solved examples (`"shots": 2`; multipart sends "2"); 400 beyond them."""
+    try:
+        count = int(count)
+    except ValueError:
+        raise ApiError(400, f"shots must be a list or a number, got {count!r}", "shots") from None
+    available = len(services.example_shots)
+    if not 0 <= count <= available:
+        raise ApiError(400, f"this server has {available} example shots, so \"shots\": {count} cannot be met; "
+                            "send shots as a list of {image, question, answer} instead", "shots")
+    return services.example_shots[:count]
 
 
 @router.post("/v1/classify")

@@ -48,6 +48,7 @@ class Services:
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)  # name -> batcher (made by start())
     executors: dict[str, ThreadPoolExecutor] = field(default_factory=dict)  # one thread per model
     embedding_dim: int = 0  # E of the CLIP (set by start())
+    example_shots: list[dict] = field(default_factory=list)  # solved {image, question, answer}: VQA "shots": N uses the first N
 
     def check(self) -> "Services":
         """UserError unless the index (if any) has the CLIP that made it."""

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, ready: false, models: {}, hasIndex: false };
+const state = { image: null, ready: false, models: {}, hasIndex: false, exampleShots: 0 };
 
 function apiKey() { return localStorage.getItem("vlbridge-api-key") || ""; }
 
@@ -56,6 +56,7 @@ async function checkReady(attempt = 0) {
     state.ready = true;
     state.models = info.models || {};
     state.hasIndex = Boolean(info.index);
+    offerShots(info.example_shots || 0);
     const names = Object.values(state.models).join(" · ");
     status.textContent = "ready · " + names + (info.index ? ` · ${info.index.images} images (${info.index.kind})` : "");
     status.className = "status status-ok";
@@ -132,13 +133,26 @@ $("classify-btn").addEventListener("click", () => busy($("classify-btn"), async 
   } catch (err) { show("classify-out", err.message, "error"); }
 }));
 
+// The server's solved example questions (the demo has some): 0..N of them go before the question.
+function offerShots(count) {
+  if (count === state.exampleShots) return;
+  state.exampleShots = count;
+  const select = $("shots");
+  select.replaceChildren(...Array.from({ length: count + 1 }, (_, n) => new Option(String(n), String(n))));
+  select.value = String(count);
+  $("shots-box").hidden = count === 0;
+}
+
 function ask() {
   const question = $("question").value.trim();
   if (!question) { show("answer-out", "Type a question first.", "error"); return; }
   busy($("ask-btn"), async () => {
     try {
-      const data = await call("/v1/vqa", { image: state.image, question });
-      show("answer-out", data.answer || "(empty answer)");
+      const body = { image: state.image, question };
+      if (state.exampleShots) body.shots = Number($("shots").value);
+      const data = await call("/v1/vqa", body);
+      const hint = data.shots ? "" : " — the model stopped at once; with example questions it answers more often";
+      show("answer-out", data.answer || "(empty answer" + hint + ")", data.answer ? "text" : "text quiet");
     } catch (err) { show("answer-out", err.message, "error"); }
   });
 }
