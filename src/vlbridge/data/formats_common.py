@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlbridge import jsontext
 from vlbridge.data.records import BadImage, ImageRef, SkipCounter, open_image, to_rgb
 from vlbridge.errors import BadInputError
 
@@ -65,7 +66,7 @@ def read_json_file(path: str | Path, what: str) -> object:
     """Parse the JSON file `path`; BadInputError naming it if it is missing, not UTF-8 or not JSON."""
     path = require_file(path, what)
     try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
+        return jsontext.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise BadInputError(f"{what} {path}: expected UTF-8 JSON, got undecodable bytes at {err.start}") from err
     except json.JSONDecodeError as err:

@@ -31,6 +31,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from vlbridge import jsontext
 from vlbridge.data.formats_common import (
     BAD_JSON,
     BAD_SCHEMA,
@@ -102,12 +103,14 @@ def read_csv(
     sep = sep or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sep)
-    columns = reader.fieldnames or []
+    columns = _csv_header(reader, path)
     image_column = _pick_column(columns, image, CSV_IMAGE_COLUMNS, "image", path)
     caption_column = _pick_column(columns, caption, CSV_CAPTION_COLUMNS, "caption", path)
     grouped: dict[str, ImageTextRecord] = {}
-    for row_number, row in enumerate(reader, start=1):
+    for row_number, row in enumerate(_csv_rows(reader, skips, path), start=1):
         where = f"{path} row {row_number}"
+        if row is None:  # counted by _csv_rows
+            continue
         if None in row or None in row.values():
             skips.skip(BAD_SCHEMA, f"{where}: expected {len(columns)} fields separated by {sep!r}")
             continue
@@ -126,12 +129,40 @@ def _add_csv_row(grouped, row, image_column, caption_column, base: Path, skips, 
     record_id = (row.get("id") or "").strip() or image_text
     captions = clean_captions(row[caption_column], skips, where)
     if record_id in grouped:  # another caption of an image already read
+        if grouped[record_id].image != base / image_text:  # one id, two images: merging would mislabel one
+            skips.skip(BAD_SCHEMA, f"{where}: id {record_id!r} already names image {grouped[record_id].image}, not {image_text}")
+            return
         grouped[record_id].captions.extend(captions or [])
         return
     image_path = existing_image(base / image_text, skips, where) if captions else None
     if image_path is not None:
         extras = {key: (row.get(key) or "").strip() or None for key in ("label", "split", "domain")}
         grouped[record_id] = ImageTextRecord(record_id, image_path, captions, **extras)
+
+
+def _csv_header(reader: csv.DictReader, path: Path) -> list[str]:
+    """The header row; BadInputError for a header the csv module cannot read or one naming a column twice."""
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as err:
+        raise BadInputError(f"CSV file {path}: unreadable header row ({err})") from err
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise BadInputError(f"CSV file {path}: the header names column {repeated[0]!r} twice; expected unique column names")
+    return columns
+
+
+def _csv_rows(reader: csv.DictReader, skips, path: Path):
+    """The reader's rows; a row the csv module refuses (a field over its size limit, a NUL byte) is counted
+    as BAD_SCHEMA and yielded as None, so row numbers stay right and the rows after it still read."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            skips.skip(BAD_SCHEMA, f"{path} line {reader.line_num}: {err}")
+            yield None
 
 
 def _pick_column(columns: list[str], wanted: str | None, defaults: tuple[str, ...], role: str, path: Path) -> str:
@@ -185,7 +216,7 @@ def _jsonl_objects(path: Path, skips: SkipCounter) -> Iterator[tuple[str, dict]]
             if text is None or not text.strip():
                 continue
             try:
-                entry = json.loads(text)
+                entry = jsontext.loads(text)
             except json.JSONDecodeError as err:
                 skips.skip(BAD_JSON, f"{where}: {err.msg}")
                 continue
