@@ -38,6 +38,7 @@ BAD_SHARD = "unreadable shard data"
 UNKNOWN_IMAGE = "annotation of unknown image"
 NO_ANSWERS = "question without answers"
 NO_LABEL = "no label"
+SAME_STEM = "image with the same name as another"
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # files read as images
 KEPT_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}  # stored as-is by writers
@@ -174,13 +175,13 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
+_UNSAFE = re.compile(r"[^\w\-]+")  # \w is Unicode-aware: non-ASCII letters and digits stay in file names
 
 
 def safe_name(record_id: str, taken: set[str], keep_slashes: bool = False) -> str:
     """A file-name-safe, unique version of `record_id` (added to `taken`).
 
-    Characters other than letters, digits, '_' and '-' become '_'; with `keep_slashes`
+    Characters other than letters and digits (any script), '_' and '-' become '_'; with `keep_slashes`
     the '/'-separated parts are kept as sub-folders ('.'/'..' parts dropped).
     """
     parts = record_id.split("/") if keep_slashes else [record_id]

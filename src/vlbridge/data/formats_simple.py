@@ -40,6 +40,7 @@ from vlbridge.data.formats_common import (
     MISSING_TEXT,
     NO_ANSWERS,
     NOT_UTF8,
+    SAME_STEM,
     clean_captions,
     decode_text,
     existing_image,
@@ -63,7 +64,7 @@ def read_folder(root: str | Path, skips: SkipCounter) -> list[ImageTextRecord]:
     """Records of every image under `root` with a same-stem .txt (one caption per line)."""
     root = require_dir(root, "image-text folder")
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    images = {p.with_suffix(""): p for p in files if p.suffix.lower() in IMAGE_SUFFIXES}
+    images = _images_by_stem([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES], skips)
     texts = {p.with_suffix(""): p for p in files if p.suffix == ".txt"}
     records = []
     for stem in sorted(set(images) | set(texts)):
@@ -81,6 +82,18 @@ def read_folder(root: str | Path, skips: SkipCounter) -> list[ImageTextRecord]:
     if not images and not texts:
         raise BadInputError(f"image-text folder {root}: expected images with same-name .txt captions, found none")
     return records
+
+
+def _images_by_stem(image_files: list[Path], skips: SkipCounter) -> dict[Path, Path]:
+    """stem -> image file; when several images share a stem (a.png, a.jpg) one .txt cannot caption both:
+    the last in sorted order is kept and each other one is counted, never dropped silently."""
+    images: dict[Path, Path] = {}
+    for path in image_files:
+        stem = path.with_suffix("")
+        if stem in images:
+            skips.skip(SAME_STEM, f"{images[stem]} left out: {path.name} has the same name and {stem.name}.txt captions one image")
+        images[stem] = path
+    return images
 
 
 def write_folder(records: Iterable[ImageTextRecord], out: Path, encode) -> Iterator[ImageTextRecord]:
