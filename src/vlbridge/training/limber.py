@@ -67,7 +67,7 @@ class LimberDataConfig:
 
     dataset: str = "shapes"  # "shapes", "twemoji" or a vlbridge.data.formats spec
     split: str = "train"  # split to train on
-    n: int = 2000  # shapes: images generated; others: at most this many records (0 = all)
+    n: int = 0  # records: 0 = all of a dataset on disk, WORLD_DEFAULT_N images of a generated world (shapes, objects)
     seed: int = 0  # shapes-world seed (which images)
     image_size: int = 64  # shapes-world image side in pixels
     max_caption_tokens: int = 32  # captions are truncated to this many tokens (before EOS)
