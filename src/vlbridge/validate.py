@@ -6,10 +6,12 @@
     check_finite(name, value)             a finite number (no NaN, no infinity)
     check_output_file(path, name)         a file vlbridge may create: not a folder, not under a file
     check_output_dir(path, name)          a folder vlbridge may create or fill: not a file, not under a file
+    check_device(preference)              a --device this machine has (cuda without a GPU refused)
     check_arguments(args)                 the above, applied to a parsed CLI namespace by argument name
 
 Every check raises one `UserError` that names the argument and what was expected, so a bad value
-fails before any work starts. This is a base layer: it imports nothing of vlbridge but `errors`.
+fails before any work starts. This is a base layer: it imports nothing of vlbridge but `errors` (and
+`runtime`, which imports torch, only inside `check_device`, so `--help` stays torch-free).
 """
 
 from __future__ import annotations
@@ -106,12 +108,21 @@ def check_arguments(args: object) -> None:
         check_fraction("--val-fraction", values["val_fraction"], include_one=False)
     if values.get("c_min") is not None and values.get("c_max") is not None and values["c_min"] > values["c_max"]:
         raise UserError(f"--c-min ({values['c_min']:g}) must not exceed --c-max ({values['c_max']:g})")
+    if isinstance(values.get("device"), str):
+        check_device(values["device"])
     for name in OUTPUT_DIR_ARGUMENTS:
         if values.get(name):
             check_output_dir(values[name], _flag(name))
     if isinstance(values.get("out"), (str, Path)) and values["out"]:
         check_out = check_output_file if values.get("out_kind") == "file" else check_output_dir
         check_out(values["out"], "--out")
+
+
+def check_device(preference: str) -> None:
+    """UserError for a --device that names no device or a GPU this machine lacks (torch imported only here)."""
+    from vlbridge.runtime import resolve_device
+
+    resolve_device(preference)
 
 
 def _check_parents(path: Path, name: str) -> None:
