@@ -434,3 +434,14 @@ def test_user_data_is_not_capped_by_the_worlds_default_n(tmp_path, world):
     on_disk = load_caption_records(f"jsonl:{world / 'captions.jsonl'}", split="train", n=data.n)
     assert len(on_disk) == sum(1 for line in (world / "captions.jsonl").read_text().splitlines() if '"train"' in line)
     assert data.n == 0 and WORLD_DEFAULT_N == 2000
+
+
+@pytest.mark.slow
+def test_eval_retrieval_scores_what_its_json_says(capsys, tmp_path, clip_run):
+    """`eval retrieval --dataset "shapes?n=4"`: the JSON's split is the split scored, with n= images."""
+    out = tmp_path / "retrieval.json"
+    argv = ["eval", "retrieval", "--model", clip_run, "--dataset", "shapes?n=4", "--device", "cpu",
+            "--cache", tmp_path / "cache", "--out", out]
+    assert run_cli(capsys, argv, timeout=300).code == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "test" and result["metrics"]["n_images"] == 4
