@@ -2,15 +2,13 @@
 
 Commands that print one result a line (`caption`, `index search`) join fields with tabs; a file
 name or caption holding a newline, carriage return or tab would split the record over several
-lines or shift its columns. Those characters are written as the escapes \\n, \\r and \\t (a
-backslash doubled), so each record stays on its line and reads back unambiguously. This is a
-base layer: it imports nothing of vlbridge.
+lines or shift its columns. Those characters are written as the escapes \\n, \\r and \\t, so each
+record stays on its line. This is a base layer: it imports nothing of vlbridge.
 """
 
 from __future__ import annotations
 
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x0b": "\\v", "\x0c": "\\f", "\x1c": "\\x1c", "\x1d": "\\x1d", "\x1e": "\\x1e",
-                          "\x85": "\\x85", "\u2028": "\\u2028", "\u2029": "\\u2029"})  # everything str.splitlines splits on
+_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})  # what splits a line or shifts a column
 
 
 def field(value: object) -> str:

@@ -25,12 +25,12 @@ MAX_COUNT = 100_000_000  # largest count a user may ask for (n=, --n, --steps): 
 
 SIZE_ARGUMENTS = (  # CLI arguments (argparse dest) that are whole numbers >= 1 wherever they appear
     "batch_size", "shard_size", "chunk_size", "part_size", "n", "n_train", "n_images", "steps", "beams",
-    "max_new_tokens", "top_m", "k", "c_steps", "max_iter", "max_batch", "threads",
+    "max_new_tokens", "k", "c_steps", "max_iter", "max_batch",
 )
 NON_NEGATIVE_ARGUMENTS = ("shots", "refine_per_decade", "batch_window_ms")  # whole numbers (or ms) >= 0
 POSITIVE_NUMBER_ARGUMENTS = ("c_min", "c_max", "temperature", "max_request_mb")  # finite numbers > 0
 FINITE_ARGUMENTS = ("length_penalty",)  # any finite number
-FRACTION_ARGUMENTS = ("top_p", "val_fraction")  # numbers in (0, 1] / (0, 1)
+FRACTION_ARGUMENTS = ("val_fraction",)  # numbers in (0, 1); --top-p / --top-m / --threads keep their own checks
 OUTPUT_DIR_ARGUMENTS = ("cache", "feature_cache")  # folders vlbridge writes into; `out` is declared per command
 
 
@@ -102,8 +102,6 @@ def check_arguments(args: object) -> None:
         for name in names:
             if values.get(name) is not None:
                 check(_flag(name), values[name])
-    if values.get("top_p") is not None:
-        check_fraction("--top-p", values["top_p"])
     if values.get("val_fraction") is not None:
         check_fraction("--val-fraction", values["val_fraction"], include_one=False)
     if values.get("c_min") is not None and values.get("c_max") is not None and values["c_min"] > values["c_max"]:
