@@ -260,7 +260,6 @@ def size_commands(world, clip_run, models, tmp_path):
         (["caption", image, "--model", models.limber, "--device", "cpu"], "--max-new-tokens"),
         (["caption", image, "--model", models.limber, "--device", "cpu", "--strategy", "beam"], "--beams"),
         (["data", "export", "--from", spec, "--out", tmp_path / "o", "--format", "wds"], "--shard-size"),
-        (["data", "filter", "--from", spec, "--out", tmp_path / "o", "--format", "jsonl"], "--top-m"),
         (["index", "build", "--clip", clip_run, "--from", f"folder:{world}", "--out", tmp_path / "i"], "--part-size"),
         (["train", "ssl", "--out", tmp_path / "s"], "--batch-size"),
         (["train", "ssl", "--out", tmp_path / "s"], "--steps"),
