@@ -4,7 +4,7 @@ Every `import vlbridge...` / `from vlbridge... import ...` in src/ counts, at mo
 inside a function (a function-level import hides a loop from Python, not from this test).
 Layers, lowest first (docs/ARCHITECTURE.md):
 
-    base        errors, io, runtime, checkpoint, config, assets (and the package itself)
+    base        errors, io, jsontext, lines, validate, runtime, checkpoint, config, assets (and the package itself)
     data        records, formats, the shapes world, the feature store
     models      registry, CLIP, encoders, LM, LiMBeR, decoding
     training | evaluation    side by side: neither imports the other
@@ -19,7 +19,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {  # top-level name under vlbridge -> layer rank
-    "": 0, "errors": 0, "io": 0, "runtime": 0, "checkpoint": 0, "config": 0, "assets": 0,
+    "": 0, "errors": 0, "io": 0, "jsontext": 0, "lines": 0, "validate": 0, "runtime": 0, "checkpoint": 0, "config": 0, "assets": 0,
     "data": 1,
     "models": 2,
     "training": 3, "evaluation": 3,

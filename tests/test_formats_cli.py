@@ -55,7 +55,7 @@ def test_export_with_bad_samples_finishes_and_reports_them(tmp_path, shapes_dir,
 @pytest.mark.parametrize("argv_tail, message", [
     (["--from", "parquet:x", "--format", "wds"], "unknown dataset spec 'parquet:x'"),
     (["--from", "coco:/nowhere/ann.json", "--format", "wds"], "COCO annotations file /nowhere/ann.json: no such file"),
-    (["--from", "shapes?n=2", "--format", "wds", "--shard-size", "0"], "shard size must be at least 1"),
+    (["--from", "shapes?n=2", "--format", "wds", "--shard-size", "0"], "--shard-size must be a whole number from 1"),  # the shared size check (vlbridge.validate)
 ])
 def test_export_user_errors_are_one_line(tmp_path, capsys, argv_tail, message):
     assert main(["data", "export", "--out", str(tmp_path / "o")] + argv_tail) == 2

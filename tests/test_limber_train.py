@@ -218,7 +218,7 @@ def test_cli_errors_are_one_line(assets, tmp_path, capsys):
     assert "unknown encoder" in capsys.readouterr().err
     steps_zero = ["train", "limber", "--encoder", assets["encoder"], "--out", str(tmp_path), "--steps", "0"]
     assert main(steps_zero) == 2  # steps=0 in a config means "by epochs"; --steps 0 must not quietly do that
-    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert "--steps must be a whole number from 1" in capsys.readouterr().err
     assert main(["train", "limber", "--encoder", assets["encoder"], "--out", str(tmp_path), "steps=0", "epochs=0"]) == 2
     assert "nothing to train: steps is 0 (size the run by epochs) and epochs is 0" in capsys.readouterr().err
 

@@ -27,7 +27,7 @@ def test_demo_without_a_study_says_what_to_run(tmp_path, capsys):
     (["serve", "--model", "{tmp}"], "is not a LiMBeR model"),
     (["serve", "--clip", "{tmp}/missing"], "does not exist"),
     (["serve", "--index", "{tmp}"], "is not a search index"),
-    (["serve", "--clip", "{tmp}", "--max-batch", "0"], "--max-batch must be >= 1"),
+    (["serve", "--clip", "{tmp}", "--max-batch", "0"], "--max-batch must be a whole number from 1"),
 ])
 def test_serve_arguments_are_checked_before_loading(tmp_path, capsys, argv, fragment):
     assert main([arg.format(tmp=tmp_path) for arg in argv]) == 2

@@ -14,6 +14,7 @@ import sys
 
 from vlbridge import __version__
 from vlbridge.errors import UserError
+from vlbridge.validate import check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.verbose, args.quiet)
     try:
+        check_arguments(args)  # sizes, rates and output paths, before any work starts
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"vlbridge: error: {err}", file=sys.stderr)

@@ -15,6 +15,7 @@ import argparse
 import logging
 
 from vlbridge.errors import BadInputError
+from vlbridge.lines import field
 
 GROUP = None
 log = logging.getLogger(__name__)
@@ -114,5 +115,5 @@ def run(args) -> int:
         print(captions[0])
     else:
         for path, caption in zip(args.images, captions):
-            print(f"{path}\t{caption}")
+            print(f"{field(path)}\t{field(caption)}")  # one line per image, whatever the file name holds
     return 0

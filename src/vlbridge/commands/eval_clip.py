@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 metavar="DATASET",
                 help="a shifted test set with the same classes (repeatable); default for shapes: all shapes-shift:*",
             )
-        parser.set_defaults(func=runners[name])
+        parser.set_defaults(func=runners[name], out_kind="file")  # --out is one JSON file
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, dataset_required: bool) -> None:

@@ -100,10 +100,11 @@ def run_info(args) -> int:
 
 def run_search(args) -> int:
     from vlbridge.api import ClipModel, SearchIndex
+    from vlbridge.lines import field
 
     index = SearchIndex.open(args.index)
     clip = ClipModel.from_pretrained(index.info["clip"])
     for hit in index.search(clip.embed_texts([args.query]), args.k, exact=args.exact)[0]:
         entry = index.entry(hit.id)
-        print(f"{hit.id}\t{hit.score:.4f}\t{entry['path']}\t{entry['caption']}")
+        print(f"{field(hit.id)}\t{hit.score:.4f}\t{field(entry['path'])}\t{field(entry['caption'])}")
     return 0

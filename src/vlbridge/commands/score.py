@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     captions.add_argument("--coco-results", help="COCO results file [{image_id, caption}] (with --coco-annotations)")
     captions.add_argument("--tokenize", choices=["ptb", "none"], default="ptb", help="ptb: coco-caption PTB pipeline (default); none: the raw strings, each metric splitting them as pycocoevalcap does")
     captions.add_argument("--out", help="write the full result as JSON here")
-    captions.set_defaults(func=run_captions)
+    captions.set_defaults(func=run_captions, out_kind="file")  # --out is one JSON file
 
     vqa = subparsers.add_parser(
         "vqa",
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vqa.add_argument("--results", help="official VQA v2 results file [{question_id, answer}]")
     vqa.add_argument("--questions", help="official VQA v2 questions file (optional cross-check)")
     vqa.add_argument("--out", help="write the full result as JSON here")
-    vqa.set_defaults(func=run_vqa)
+    vqa.set_defaults(func=run_vqa, out_kind="file")
 
     clip = subparsers.add_parser(
         "clip",
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     clip.add_argument("--batch-size", type=int, default=64, help="images/texts per forward pass (default 64)")
     clip.add_argument("--out", help="write the full result as JSON here")
-    clip.set_defaults(func=run_clip)
+    clip.set_defaults(func=run_clip, out_kind="file")
 
 
 def run_captions(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vlbridge import jsontext
 from vlbridge.commands.caption import add_generation_options, generation_config, load_model, read_images
 from vlbridge.errors import BadInputError
 
@@ -63,11 +64,16 @@ def read_support(path: str | Path) -> list[VQARecord]:
         raise BadInputError(f"support file {path} does not exist; expected a vqa.jsonl from `vlbridge data shapes`")
     skips = SkipCounter(name=str(path))
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:  # a latin-1 (or other non-UTF-8) line: skipped and counted like a bad one
+            skips.skip("non-UTF-8 text", f"line {number}")
+            continue
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = jsontext.loads(line)
             image = item.get("image") or f"images/{item['image_id']}.png"
             records.append(
                 VQARecord(

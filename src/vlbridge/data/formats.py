@@ -19,7 +19,11 @@ NoCaps, VQAv2) and formats_wds (webdataset).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import secrets
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +33,12 @@ from tqdm import tqdm
 from vlbridge.data import formats_simple, formats_wds
 from vlbridge.data.datasets import load_classification, load_image_text, load_vqa
 from vlbridge.data.export_formats import EXPORT_FORMATS
-from vlbridge.data.formats_common import BAD_IMAGE, EMPTY_CAPTION, MISSING_IMAGE, encoded_image, iter_decoded
+from vlbridge.data.formats_common import BAD_IMAGE, EMPTY_CAPTION, MISSING_IMAGE, NOT_UTF8, encoded_image, iter_decoded
 from vlbridge.data.query_filter import FilterReport, filter_by_query_words
 from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter
 from vlbridge.data.specs import SCHEMES, DataSpec, parse_spec
 from vlbridge.errors import UserError
+from vlbridge.io import TMP_SUFFIX
 
 __all__ = [
     "EXPORT_FORMATS", "SCHEMES", "DataSpec", "ExportSummary", "FilterReport", "export_records",
@@ -75,14 +80,32 @@ def export_records(
     out = _empty_out_dir(Path(out))
     skips = skips if skips is not None else SkipCounter("export")
     encode = _encoder(skips)
-    if format == "wds":
-        written_records = formats_wds.write_wds(records, out, encode, shard_size)
-    else:
-        simple_writers = {"jsonl": formats_simple.write_jsonl, "folder": formats_simple.write_folder,
-                          "csv": formats_simple.write_csv}
-        written_records = simple_writers[format](records, out, encode)
-    written = sum(1 for _ in tqdm(written_records, desc=f"export {format}", unit="rec", disable=None if progress else True))
+    with _staged_dir(out) as staging:  # `out` receives the export whole, or stays as it was
+        if format == "wds":
+            written_records = formats_wds.write_wds(records, staging, encode, shard_size)
+        else:
+            simple_writers = {"jsonl": formats_simple.write_jsonl, "folder": formats_simple.write_folder,
+                              "csv": formats_simple.write_csv}
+            written_records = simple_writers[format](records, staging, encode)
+        bar = tqdm(written_records, desc=f"export {format}", unit="rec", disable=None if progress else True)
+        written = sum(1 for _ in bar)
     return ExportSummary(out, format, written, read_back_spec(out, format), skips)
+
+
+@contextlib.contextmanager
+def _staged_dir(out: Path) -> Iterator[Path]:
+    """A hidden folder beside the new or empty `out`, renamed onto it when the block succeeds and
+    removed when it fails, so an export that stops half-way leaves no half-written output."""
+    staging = out.with_name(f".{out.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    staging.mkdir()
+    try:
+        yield staging
+        out.rmdir()  # empty: checked by _empty_out_dir
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        out.mkdir(exist_ok=True)
+        raise
 
 
 def read_back_spec(out: Path, format: str) -> str:
@@ -109,6 +132,9 @@ def _encoder(skips: SkipCounter) -> Callable[[Iterable[ImageTextRecord]], Encode
 
     def encode(records: Iterable[ImageTextRecord]) -> Encoded:
         for record in records:
+            if not _utf8_text(record):  # a lone surrogate cannot be written as UTF-8 in any format
+                skips.skip(NOT_UTF8, f"{record.id!r}: id or caption is not valid Unicode text (a lone surrogate)")
+                continue
             captions = [caption.strip() for caption in record.captions if caption.strip()]
             if not captions:
                 skips.skip(EMPTY_CAPTION, record.id)
@@ -122,6 +148,16 @@ def _encoder(skips: SkipCounter) -> Callable[[Iterable[ImageTextRecord]], Encode
             yield (record if captions == record.captions else _with_captions(record, captions)), data, ext
 
     return encode
+
+
+def _utf8_text(record: ImageTextRecord) -> bool:
+    """Whether the record's id and captions encode as UTF-8 (no lone surrogates)."""
+    try:
+        for text in [str(record.id), *record.captions]:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _with_captions(record: ImageTextRecord, captions: list[str]) -> ImageTextRecord:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlbridge import jsontext
 from vlbridge.data.records import BadImage, ImageRef, SkipCounter, open_image, to_rgb
 from vlbridge.errors import BadInputError
 
@@ -37,6 +38,7 @@ BAD_SHARD = "unreadable shard data"
 UNKNOWN_IMAGE = "annotation of unknown image"
 NO_ANSWERS = "question without answers"
 NO_LABEL = "no label"
+SAME_STEM = "image with the same name as another"
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # files read as images
 KEPT_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}  # stored as-is by writers
@@ -65,7 +67,7 @@ def read_json_file(path: str | Path, what: str) -> object:
     """Parse the JSON file `path`; BadInputError naming it if it is missing, not UTF-8 or not JSON."""
     path = require_file(path, what)
     try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
+        return jsontext.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise BadInputError(f"{what} {path}: expected UTF-8 JSON, got undecodable bytes at {err.start}") from err
     except json.JSONDecodeError as err:
@@ -173,13 +175,13 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
+_UNSAFE = re.compile(r"[^\w\-]+")  # \w is Unicode-aware: non-ASCII letters and digits stay in file names
 
 
 def safe_name(record_id: str, taken: set[str], keep_slashes: bool = False) -> str:
     """A file-name-safe, unique version of `record_id` (added to `taken`).
 
-    Characters other than letters, digits, '_' and '-' become '_'; with `keep_slashes`
+    Characters other than letters and digits (any script), '_' and '-' become '_'; with `keep_slashes`
     the '/'-separated parts are kept as sub-folders ('.'/'..' parts dropped).
     """
     parts = record_id.split("/") if keep_slashes else [record_id]

@@ -31,6 +31,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from vlbridge import jsontext
 from vlbridge.data.formats_common import (
     BAD_JSON,
     BAD_SCHEMA,
@@ -39,6 +40,7 @@ from vlbridge.data.formats_common import (
     MISSING_TEXT,
     NO_ANSWERS,
     NOT_UTF8,
+    SAME_STEM,
     clean_captions,
     decode_text,
     existing_image,
@@ -62,7 +64,7 @@ def read_folder(root: str | Path, skips: SkipCounter) -> list[ImageTextRecord]:
     """Records of every image under `root` with a same-stem .txt (one caption per line)."""
     root = require_dir(root, "image-text folder")
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    images = {p.with_suffix(""): p for p in files if p.suffix.lower() in IMAGE_SUFFIXES}
+    images = _images_by_stem([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES], skips)
     texts = {p.with_suffix(""): p for p in files if p.suffix == ".txt"}
     records = []
     for stem in sorted(set(images) | set(texts)):
@@ -80,6 +82,18 @@ def read_folder(root: str | Path, skips: SkipCounter) -> list[ImageTextRecord]:
     if not images and not texts:
         raise BadInputError(f"image-text folder {root}: expected images with same-name .txt captions, found none")
     return records
+
+
+def _images_by_stem(image_files: list[Path], skips: SkipCounter) -> dict[Path, Path]:
+    """stem -> image file; when several images share a stem (a.png, a.jpg) one .txt cannot caption both:
+    the last in sorted order is kept and each other one is counted, never dropped silently."""
+    images: dict[Path, Path] = {}
+    for path in image_files:
+        stem = path.with_suffix("")
+        if stem in images:
+            skips.skip(SAME_STEM, f"{images[stem]} left out: {path.name} has the same name and {stem.name}.txt captions one image")
+        images[stem] = path
+    return images
 
 
 def write_folder(records: Iterable[ImageTextRecord], out: Path, encode) -> Iterator[ImageTextRecord]:
@@ -102,12 +116,14 @@ def read_csv(
     sep = sep or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sep)
-    columns = reader.fieldnames or []
+    columns = _csv_header(reader, path)
     image_column = _pick_column(columns, image, CSV_IMAGE_COLUMNS, "image", path)
     caption_column = _pick_column(columns, caption, CSV_CAPTION_COLUMNS, "caption", path)
     grouped: dict[str, ImageTextRecord] = {}
-    for row_number, row in enumerate(reader, start=1):
+    for row_number, row in enumerate(_csv_rows(reader, skips, path), start=1):
         where = f"{path} row {row_number}"
+        if row is None:  # counted by _csv_rows
+            continue
         if None in row or None in row.values():
             skips.skip(BAD_SCHEMA, f"{where}: expected {len(columns)} fields separated by {sep!r}")
             continue
@@ -126,12 +142,40 @@ def _add_csv_row(grouped, row, image_column, caption_column, base: Path, skips, 
     record_id = (row.get("id") or "").strip() or image_text
     captions = clean_captions(row[caption_column], skips, where)
     if record_id in grouped:  # another caption of an image already read
+        if grouped[record_id].image != base / image_text:  # one id, two images: merging would mislabel one
+            skips.skip(BAD_SCHEMA, f"{where}: id {record_id!r} already names image {grouped[record_id].image}, not {image_text}")
+            return
         grouped[record_id].captions.extend(captions or [])
         return
     image_path = existing_image(base / image_text, skips, where) if captions else None
     if image_path is not None:
         extras = {key: (row.get(key) or "").strip() or None for key in ("label", "split", "domain")}
         grouped[record_id] = ImageTextRecord(record_id, image_path, captions, **extras)
+
+
+def _csv_header(reader: csv.DictReader, path: Path) -> list[str]:
+    """The header row; BadInputError for a header the csv module cannot read or one naming a column twice."""
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as err:
+        raise BadInputError(f"CSV file {path}: unreadable header row ({err})") from err
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise BadInputError(f"CSV file {path}: the header names column {repeated[0]!r} twice; expected unique column names")
+    return columns
+
+
+def _csv_rows(reader: csv.DictReader, skips, path: Path):
+    """The reader's rows; a row the csv module refuses (a field over its size limit, a NUL byte) is counted
+    as BAD_SCHEMA and yielded as None, so row numbers stay right and the rows after it still read."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            skips.skip(BAD_SCHEMA, f"{path} line {reader.line_num}: {err}")
+            yield None
 
 
 def _pick_column(columns: list[str], wanted: str | None, defaults: tuple[str, ...], role: str, path: Path) -> str:
@@ -185,7 +229,7 @@ def _jsonl_objects(path: Path, skips: SkipCounter) -> Iterator[tuple[str, dict]]
             if text is None or not text.strip():
                 continue
             try:
-                entry = json.loads(text)
+                entry = jsontext.loads(text)
             except json.JSONDecodeError as err:
                 skips.skip(BAD_JSON, f"{where}: {err.msg}")
                 continue

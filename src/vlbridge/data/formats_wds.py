@@ -33,6 +33,7 @@ from pathlib import Path
 
 import webdataset as wds
 
+from vlbridge import jsontext
 from vlbridge.data.formats_common import (
     BAD_JSON,
     BAD_SCHEMA,
@@ -61,7 +62,11 @@ def shard_urls(pattern: str) -> list[str]:
         if not urls:
             raise BadInputError(f"webdataset directory {pattern}: expected *.tar shards, found none")
         return urls
-    urls = wds.shardlists.expand_urls(pattern)
+    try:
+        urls = wds.shardlists.expand_urls(pattern)
+    except ValueError as err:  # braceexpand's UnbalancedBracesError is a ValueError
+        raise BadInputError(f"webdataset pattern {pattern}: not a valid brace pattern ({err}); "
+                            "expected e.g. shards/{000000..000009}.tar") from err
     local = [url for url in urls if not url.startswith(REMOTE_PREFIXES)]
     missing = [url for url in local if not Path(url).is_file()]
     if missing:
@@ -209,7 +214,7 @@ def _sample_meta(sample: dict, skips: SkipCounter, where: str) -> dict | None:
     if text is None:
         return None
     try:
-        meta = json.loads(text)
+        meta = jsontext.loads(text)
     except json.JSONDecodeError as err:
         skips.skip(BAD_JSON, f"{where}: {err.msg}")
         return None

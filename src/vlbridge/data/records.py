@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -63,6 +65,18 @@ class VQARecord:
     split: str | None = None  # "train" / "val" / "test" / ...
 
 
+def _check_regular_file(path: str | os.PathLike) -> None:
+    """BadImage for a path that exists but is no regular file: reading a named pipe or a device would block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # open() below reports the missing file
+    except OSError as err:
+        raise BadImage(f"cannot read image file {path}: {err}") from err
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a folder fails in open() with its own message
+        raise BadImage(f"cannot read image {path}: not a regular file (a named pipe, socket or device)")
+
+
 def open_image(ref: ImageRef, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode `ref` into an RGB PIL image; transparent pixels are composited onto white.
 
@@ -72,6 +86,8 @@ def open_image(ref: ImageRef, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Imag
     if isinstance(ref, Image.Image):
         return to_rgb(ref)
     where = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
+    if isinstance(ref, (str, os.PathLike)):
+        _check_regular_file(ref)
     try:
         with warnings.catch_warnings():  # PIL's own "decompression bomb" warning: the limit below decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

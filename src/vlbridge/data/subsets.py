@@ -15,12 +15,15 @@ from collections.abc import Sequence
 import torch
 
 from vlbridge.errors import UserError
+from vlbridge.validate import MAX_COUNT
 
 
 def check_count(name: str, value) -> int:
-    """`value` as a record count >= 1, else the one UserError every n= / first= / --n gives."""
+    """`value` as a record count from 1 to MAX_COUNT, else the one UserError every n= / first= / --n gives."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{name} is a number of records and must be a whole number >= 1, got {value!r}")
+    if value > MAX_COUNT:
+        raise UserError(f"{name} is a number of records and must be at most {MAX_COUNT:,}, got {value:,}")
     return value
 
 

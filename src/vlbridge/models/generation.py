@@ -154,8 +154,9 @@ def _length_settings(model_defaults, max_new_tokens: int, prompt_length: int) ->
     return lengths
 
 
-def check_prompt(lm: "FrozenLM", inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    """ValueError unless inputs_embeds is (B, L, H) and attention_mask a left-padded (B, L)."""
+def check_prompt(lm: "FrozenLM", inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int = 0) -> None:
+    """ValueError unless inputs_embeds is (B, L, H) and attention_mask a left-padded (B, L); UserError when
+    the prompt plus `max_new_tokens` does not fit the LM's positions (it would index past them)."""
     if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != lm.hidden_size:
         raise ValueError(f"inputs_embeds must be (B, L, {lm.hidden_size}), got {tuple(inputs_embeds.shape)}")
     if tuple(attention_mask.shape) != tuple(inputs_embeds.shape[:2]):
@@ -164,6 +165,23 @@ def check_prompt(lm: "FrozenLM", inputs_embeds: torch.Tensor, attention_mask: to
         )
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("prompts must be LEFT-padded: some rows end in padding (attention_mask[:, -1] == 0)")
+    limit = max_positions(lm)
+    if limit is not None and inputs_embeds.shape[1] + max_new_tokens > limit:
+        raise UserError(
+            f"the prompt is {inputs_embeds.shape[1]} positions (image prefix, prompt or question and any shots) and "
+            f"{max_new_tokens} new tokens were asked for, but the LM reads at most {limit} positions; "
+            "shorten the prompt / question, use fewer shots or lower --max-new-tokens"
+        )
+
+
+def max_positions(lm: "FrozenLM") -> int | None:
+    """The most positions (prompt + generated tokens) the LM's config allows, or None when it names none."""
+    config = getattr(getattr(lm, "model", None), "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 _SAMPLING_LOCK = threading.Lock()  # sampled decodes reseed the process-wide RNG: one at a time
@@ -204,7 +222,7 @@ def generate(
     """Decode every row of a left-padded prompt batch; see the module docstring for the stop rule."""
     config = config or GenerationConfig()
     config.validate()
-    check_prompt(lm, inputs_embeds, attention_mask)
+    check_prompt(lm, inputs_embeds, attention_mask, config.max_new_tokens)
     new_tokens = run_hf_generate(lm, inputs_embeds, attention_mask, config)  # (B, T)
     stop_ids = set(stop_token_ids(lm, config.stop_at_newline))
     return [_cut_at_stop(row, stop_ids, lm.eos_token_id) for row in new_tokens.tolist()]

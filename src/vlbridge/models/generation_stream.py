@@ -115,7 +115,7 @@ def stream_text(
     config = config or GenerationConfig()
     config.validate()
     lm = model_or_lm if isinstance(model_or_lm, FrozenLM) else model_or_lm.lm
-    check_prompt(lm, inputs_embeds, attention_mask)
+    check_prompt(lm, inputs_embeds, attention_mask, config.max_new_tokens)
     if inputs_embeds.shape[0] != 1:
         raise ValueError(f"stream_text decodes one prompt: inputs_embeds must be (1, L, H), got {tuple(inputs_embeds.shape)}")
     amp_device = None if isinstance(model_or_lm, FrozenLM) else model_or_lm.device

@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from vlbridge import jsontext
 from vlbridge.data.records import BadImage, open_image
 from vlbridge.errors import one_line
 
@@ -58,7 +59,7 @@ async def read_body(request) -> tuple[dict, dict[str, list[bytes]]]:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; expected a JSON object (or a multipart form with an image)")
     try:
-        fields = json.loads(raw)
+        fields = jsontext.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"the request body is not valid JSON: {err}") from err
     if not isinstance(fields, dict):

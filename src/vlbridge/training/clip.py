@@ -135,6 +135,8 @@ def validate(cfg: ClipTrainConfig, world_size: int) -> None:
         )
     if cfg.eval.split == "train":
         raise UserError("eval.split must be a held-out split (val or test), got train")
+    if isinstance(cfg.data.workers, bool) or not isinstance(cfg.data.workers, int) or cfg.data.workers < 0:
+        raise UserError(f"data.workers must be a whole number >= 0 (0: load in the training process), got {cfg.data.workers!r}")
     if not 0.0 < cfg.data.aug_scale_min <= 1.0:
         raise UserError(f"data.aug_scale_min must be in (0, 1], got {cfg.data.aug_scale_min}")
 

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from vlbridge.errors import UserError
+from vlbridge.validate import check_positive_number
 from vlbridge.models.limber import TUNED_ENCODER_FILE, Limber
 from vlbridge.runtime import DistEnv, all_reduce_sum, init_distributed, unwrap_ddp
 from vlbridge.training import limber_data
@@ -66,7 +67,7 @@ class LimberDataConfig:
 
     dataset: str = "shapes"  # "shapes", "twemoji" or a vlbridge.data.formats spec
     split: str = "train"  # split to train on
-    n: int = 2000  # shapes: images generated; others: at most this many records (0 = all)
+    n: int = 0  # records: 0 = all of a dataset on disk, WORLD_DEFAULT_N images of a generated world (shapes, objects)
     seed: int = 0  # shapes-world seed (which images)
     image_size: int = 64  # shapes-world image side in pixels
     max_caption_tokens: int = 32  # captions are truncated to this many tokens (before EOS)
@@ -135,6 +136,7 @@ def validate(config: LimberTrainConfig) -> None:
     check_train_config(config, min_steps=0)
     if config.steps == 0 and config.epochs < 1:
         raise UserError(f"nothing to train: steps is 0 (size the run by epochs) and epochs is {config.epochs}")
+    check_positive_number("optim.encoder_lr", config.optim.encoder_lr)
 
 
 # ---------------------------------------------------------------------------- building

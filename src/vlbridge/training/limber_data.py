@@ -30,9 +30,13 @@ import torch
 
 from vlbridge.data import datasets
 from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter, open_image
+from vlbridge.data.specs import parse_spec
 from vlbridge.errors import UserError
 
 log = logging.getLogger(__name__)
+
+GENERATED_WORLDS = ("shapes", "objects")  # datasets drawn on demand, sized by data.n
+WORLD_DEFAULT_N = 2000  # images of a generated world when data.n is 0 (the default)
 
 
 def load_caption_records(
@@ -41,11 +45,13 @@ def load_caption_records(
     """Image-caption records of dataset spec `dataset` / `split`; records without captions dropped.
 
     Read by the one resolver, `vlbridge.data.datasets.load_dataset`: `n` > 0 is n= (shapes: images
-    generated; others: a seeded subset), 0 the whole split (shapes: its default size); `seed` and
-    `image_size` fill in what the spec leaves out.
+    generated; others: a seeded subset), 0 the whole split (a generated world: WORLD_DEFAULT_N images);
+    `seed` and `image_size` fill in what the spec leaves out.
     """
     if n < 0:
         raise UserError(f"data.n is a number of records (0: all) and must be >= 0, got {n}")
+    if n == 0 and parse_spec(dataset).scheme in GENERATED_WORLDS:
+        n = WORLD_DEFAULT_N  # a generated world has no "all"; user data is never capped unless data.n says so
     data = datasets.load_dataset(dataset, "image_text", split=split, n=n or None, seed=seed, image_size=image_size)
     return drop_captionless(data.record_list(), where=data.name)
 

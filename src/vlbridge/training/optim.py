@@ -21,6 +21,7 @@ import torch
 
 from vlbridge.config import Renamed
 from vlbridge.errors import UserError
+from vlbridge.validate import check_finite, check_non_negative, check_positive_number
 
 NO_DECAY_NAMES = ("logit_scale", "logit_bias", "positional_embedding", "class_embedding", "token_embedding")
 
@@ -48,7 +49,15 @@ OLD_GRAD_CLIP = Renamed("grad_clip_norm", old_grad_clip)  # RENAMED_KEYS entry f
 
 
 def check_optim_config(config: OptimConfig, where: str = "optim.") -> None:
-    """UserError for optimiser settings that mean nothing, naming the key."""
+    """UserError for optimiser settings that mean nothing, naming the key (NaN and infinity included)."""
+    check_positive_number(f"{where}lr", config.lr)
+    check_positive_number(f"{where}eps", config.eps)
+    check_non_negative(f"{where}weight_decay", config.weight_decay)
+    for name in ("beta1", "beta2"):
+        if not check_non_negative(f"{where}{name}", getattr(config, name)) < 1:
+            raise UserError(f"{where}{name} must be in [0, 1), got {getattr(config, name)}")
+    if not 0 <= check_finite(f"{where}min_lr_ratio", config.min_lr_ratio) <= 1:
+        raise UserError(f"{where}min_lr_ratio must be in [0, 1], got {config.min_lr_ratio}")
     if config.grad_clip_norm is not None and config.grad_clip_norm <= 0:
         raise UserError(f"{where}grad_clip_norm must be > 0, or null for no clipping; got {config.grad_clip_norm}")
     if config.warmup_steps < 0:

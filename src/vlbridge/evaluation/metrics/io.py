@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vlbridge import jsontext
 from vlbridge.errors import BadInputError
 from vlbridge.evaluation.metrics.bleu import bleu
 from vlbridge.evaluation.metrics.cider import build_index, cider_d, index_sentences
@@ -185,7 +186,7 @@ def read_json(path: str | Path, what: str) -> Any:
     if not path.is_file():
         raise BadInputError(f"{what} file {path} does not exist")
     try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
+        return jsontext.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise BadInputError(f"{what} file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from err
     except json.JSONDecodeError as err:
