@@ -356,7 +356,8 @@ class LimberTask(TrainTask):
 
     label = "train limber"
     resume_free_keys = ("data.feature_cache", "data.extract_batch_size", "grad_accum_steps", "data.feature_mode",
-                        "data.memory_limit_mb", "data.init_sample", "lm_activation_checkpointing",
+                        "data.memory_limit_mb", "data.init_sample", "data.feature_chunk_size",
+                        "data.shuffle_buffer_chunks", "lm_activation_checkpointing",
                         "lm_device_map")  # data order changes are caught by the data position; the rest computes the same
 
     def __init__(self, config: LimberTrainConfig, run_dir: Path, env: DistEnv):
