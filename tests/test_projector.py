@@ -88,10 +88,10 @@ def test_unit_norm_feature_scale_sets_one_over_the_mean_norm_in_projector_and_co
 
     features = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1: mean 3
     model = SimpleNamespace(projector=LinearProjector(2, 4), config=LimberConfig())
-    scale_features(model, TrainingData([], [], features), "unit-norm")
+    scale_features(model, features, "unit-norm")
     assert model.projector.input_scale == pytest.approx(1 / 3) and model.config.input_scale == pytest.approx(1 / 3)
     untouched = SimpleNamespace(projector=LinearProjector(2, 4), config=LimberConfig())
-    scale_features(untouched, TrainingData([], [], features), "none")
+    scale_features(untouched, features, "none")
     assert untouched.projector.input_scale == 1.0 and untouched.config.input_scale == 1.0
     with pytest.raises(UserError, match="feature_scale"):
-        scale_features(untouched, TrainingData([], [], features), "l2")
+        scale_features(untouched, features, "l2")

@@ -4,7 +4,9 @@ Builds the encoder from its spec (`vlbridge.models.registry.build_encoder`), rea
 records through the one resolver (`vlbridge.data.datasets.load_dataset`), and calls `FeatureStore.get_or_extract`; prints where the features went and how
 many were computed, reused and skipped. Under `torchrun` every rank encodes its share of the
 chunks. The cache entries are the ones `vlbridge train limber` reads (same dataset naming,
-same default cache folder), so extracting ahead of training is never wasted.
+same default cache folder), so extracting ahead of training is never wasted. Features are never
+loaded back (memory: one chunk, whatever the dataset's size); chunks already on disk are
+checked against their checksums and recomputed when damaged.
 """
 
 from __future__ import annotations
@@ -82,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
         records = load_image_records(args.dataset, args.split, args.n, args.seed, args.image_size)
         store = FeatureStore(Path(args.cache) if args.cache else default_feature_root(), chunk_size=args.chunk_size)
         name = cache_dataset_name(args.dataset, args.seed, args.image_size)
-        result = store.extract(encoder, name, args.split, records, batch_size=args.batch_size, env=env)
+        result = store.extract(encoder, name, args.split, records, batch_size=args.batch_size, env=env, load=False)
     finally:
         cleanup(env)
     if env.is_main:
         stats = result.stats
-        shape = "x".join(str(s) for s in next(iter(result.features.values())).shape) if result.features else "-"
+        shape = "x".join(str(s) for s in result.stored.feature_shape) if result.stored.ids else "-"
         print(f"features of {encoder.encoder_id} ({shape} per image) for {args.dataset}/{args.split}: {stats.path}")
         print(f"{stats.total} images: {stats.computed} computed, {stats.reused} reused, {len(stats.skipped)} skipped (bad image)")
     return 0

@@ -18,12 +18,18 @@ Any change of any part gives a different folder, so features are never served st
 
 Layout, one folder per key under the root:
     <dataset>-<split>-<keyhash16>/key.json                the key fields (+ chunk size)
-                                 /chunk-00000.safetensors  "features" (n_ok, ...) + metadata ids/skipped
+                                 /chunk-00000.safetensors  "features" (n_ok, ...) + metadata ids /
+                                                           skipped / sha256 (data/feature_chunks.py)
                                  /index.json               written last: the extraction is complete
+                                                           (+ every chunk's kept ids, skipped ids, shape)
 Records are cut into fixed chunks of `chunk_size`; every chunk file is written atomically (temp
 file + rename), so a killed extraction keeps its finished chunks and a rerun computes only the
-missing ones. Under torchrun every rank encodes the chunks i with i % world_size == rank, rank 0
-writes index.json after a barrier, and every rank reads all chunks back.
+missing ones. Before index.json is written, and whenever a complete store is opened, every
+chunk is read back one at a time and its checksum and ids checked: a truncated or overwritten
+chunk is recomputed with a warning, never reused. Under torchrun every rank encodes and checks
+the chunks i with i % world_size == rank, rank 0 writes index.json after a barrier. With
+`load=False` nothing is loaded (`result.stored` reads one chunk at a time: training at scale);
+otherwise every rank reads all chunks back into `result.features`.
 
 Records are anything with `.image` and an id: `.id` (ImageTextRecord) or `.image_id`
 (VQARecord: several questions share one image, features are per image). Duplicate ids are
@@ -42,18 +48,18 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from vlbridge.assets import cache_root
 from vlbridge.data.records import BadImage, ImageRef, SkipCounter, open_image
+from vlbridge.data.feature_chunks import DamagedChunk, StoredFeatures, chunk_path, load_chunk, save_chunk
 from vlbridge.errors import UserError
-from vlbridge.io import atomic_save_safetensors, atomic_write_json
+from vlbridge.io import atomic_write_json
 from vlbridge.runtime import DistEnv, autocast, barrier, gather_objects
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the on-disk layout changes (part of every key)
+FORMAT_VERSION = 2  # bump when the on-disk layout changes (part of every key); 2: checksummed chunks
 KEY_FILE = "key.json"
 INDEX_FILE = "index.json"
 BAD_IMAGE_REASON = "bad image"  # SkipCounter reason of an image that does not decode
@@ -74,8 +80,9 @@ class ExtractionStats:
 class ExtractionResult:
     """Features by id plus the stats of the call that produced them."""
 
-    features: dict[str, torch.Tensor]  # id -> (D,) pooled or (N, D) grid
+    features: dict[str, torch.Tensor]  # id -> (D,) pooled or (N, D) grid; {} when extracted with load=False
     stats: ExtractionStats
+    stored: StoredFeatures | None = None  # the complete store on disk, read one chunk at a time
 
 
 def default_feature_root() -> Path:
@@ -137,8 +144,13 @@ class FeatureStore:
         batch_size: int = 64,
         env: DistEnv | None = None,
         on_chunk_done: Callable[[int], None] | None = None,
+        load: bool = True,
     ) -> ExtractionResult:
-        """Like get_or_extract, also returning stats. `on_chunk_done(i)` runs after chunk i is saved."""
+        """Like get_or_extract, also returning stats. `on_chunk_done(i)` runs after chunk i is saved.
+
+        `load=False` leaves the features on disk (`result.features` is {}; read them with
+        `result.stored`): memory stays one chunk, whatever the dataset's size.
+        """
         env = env or DistEnv()
         unique = _unique_records(records)
         ids = [_record_id(r) for r in unique]
@@ -146,21 +158,22 @@ class FeatureStore:
         folder = self.folder(key)
         chunk_size = self._open_folder(folder, key)
         n_chunks = math.ceil(len(unique) / chunk_size)
-        if (folder / INDEX_FILE).is_file():
-            features, skipped = self._load_all(folder, n_chunks, chunk_size, ids)
-            stats = ExtractionStats(folder, len(ids), 0, len(ids) - len(skipped), skipped)
-            return self._done(ExtractionResult(features, stats))
+        was_complete = (folder / INDEX_FILE).is_file()
         mine = [c for c in range(n_chunks) if c % env.world_size == env.rank]
-        todo = [c for c in mine if not _chunk_path(folder, c).is_file()]
-        computed = self._encode_chunks(encoder, unique, todo, chunk_size, folder, batch_size, env, on_chunk_done)
+        intact, todo = self._check_chunks(folder, mine, chunk_size, ids, warn_missing=was_complete)
+        computed, written = self._encode_chunks(encoder, unique, todo, chunk_size, folder, batch_size, env, on_chunk_done)
+        chunk_info = {c: info for part in gather_objects({**intact, **written}, env) for c, info in part.items()}
         computed = sum(gather_objects(computed, env))
         barrier(env)
-        if env.is_main:
-            atomic_write_json(folder / INDEX_FILE, {**key, "chunks": n_chunks}, indent=1)
+        index = _index(key, n_chunks, chunk_info, _feature_shape(encoder, chunk_info))
+        if env.is_main and (computed or not was_complete):
+            atomic_write_json(folder / INDEX_FILE, index, indent=1)  # written last: the store is complete
         barrier(env)
-        features, skipped = self._load_all(folder, n_chunks, chunk_size, ids)
-        stats = ExtractionStats(folder, len(ids), computed, len(ids) - computed, skipped)
-        return self._done(ExtractionResult(features, stats))
+        stored = StoredFeatures(folder, index)
+        features = dict(zip(stored.ids, stored.read_all().unbind(0))) if load else {}
+        reused = len(ids) - (computed if computed or not was_complete else len(stored.skipped))
+        stats = ExtractionStats(folder, len(ids), computed, reused, dict(stored.skipped))
+        return self._done(ExtractionResult(features, stats, stored))
 
     # ------------------------------------------------------------------------------- internals
     def _done(self, result: ExtractionResult) -> ExtractionResult:
@@ -184,39 +197,72 @@ class FeatureStore:
         atomic_write_json(key_file, {**key, "chunk_size": self.chunk_size}, indent=1)
         return self.chunk_size
 
-    def _encode_chunks(self, encoder, records, todo, chunk_size, folder, batch_size, env, on_chunk_done) -> int:
-        """Encode and save the chunks in `todo`; return how many records this rank encoded."""
+    def _check_chunks(self, folder: Path, chunks: list[int], chunk_size: int, ids: list[str], warn_missing: bool):
+        """({chunk: info} of the intact chunks, [chunks to (re)compute]); damaged ones warned about.
+
+        Every chunk on disk is read and its checksum and ids checked (one chunk in memory at a time),
+        so a truncated or overwritten chunk is recomputed, never reused.
+        """
+        intact: dict[int, dict] = {}
+        todo: list[int] = []
+        for chunk in chunks:
+            path = _chunk_path(folder, chunk)
+            try:
+                chunk_ids, tensor, chunk_skipped = load_chunk(path)
+                expected = ids[chunk * chunk_size : (chunk + 1) * chunk_size]
+                if sorted(chunk_ids + list(chunk_skipped)) != sorted(expected):
+                    raise DamagedChunk(f"{path.name} does not hold the ids its key says")
+            except FileNotFoundError:
+                if warn_missing:
+                    log.warning("feature cache %s: %s is missing; recomputing it", folder, path.name)
+                todo.append(chunk)
+                continue
+            except DamagedChunk as err:
+                log.warning("feature cache %s: %s; recomputing that chunk", folder, err)
+                todo.append(chunk)
+                continue
+            intact[chunk] = _chunk_info(chunk_ids, tensor, chunk_skipped)
+        return intact, todo
+
+    def _encode_chunks(self, encoder, records, todo, chunk_size, folder, batch_size, env, on_chunk_done):
+        """Encode and save the chunks in `todo`; (records this rank encoded, {chunk: info})."""
         total = sum(len(records[c * chunk_size : (c + 1) * chunk_size]) for c in todo)
         skips = SkipCounter(f"features[{folder.name}]")
-        computed = 0
+        computed, written = 0, {}
         with tqdm(total=total, desc="extract", unit="img", disable=None if env.is_main else True) as bar:
             for chunk in todo:
                 part = records[chunk * chunk_size : (chunk + 1) * chunk_size]
                 out = extract_features(encoder, [r.image for r in part], [_record_id(r) for r in part], batch_size,
                                        skips, bar=bar)
-                _save_chunk(_chunk_path(folder, chunk), out.ids, out.features.to(self.dtype), out.skipped)
+                features = out.features.to(self.dtype)
+                save_chunk(_chunk_path(folder, chunk), out.ids, features, out.skipped)
+                written[chunk] = _chunk_info(out.ids, features, out.skipped)
                 computed += len(part)
                 if on_chunk_done is not None:
                     on_chunk_done(chunk)
         if skips.total:
             log.warning(skips.summary())
-        return computed
+        return computed, written
 
-    def _load_all(self, folder: Path, n_chunks: int, chunk_size: int, ids: list[str]):
-        """Read every chunk back; check each holds exactly its slice of ids."""
-        features: dict[str, torch.Tensor] = {}
-        skipped: dict[str, str] = {}
-        for chunk in range(n_chunks):
-            path = _chunk_path(folder, chunk)
-            if not path.is_file():
-                raise UserError(f"feature cache {folder} is missing {path.name}; delete the folder and extract again")
-            chunk_ids, tensor, chunk_skipped = _load_chunk(path)
-            expected = ids[chunk * chunk_size : (chunk + 1) * chunk_size]
-            if sorted(chunk_ids + list(chunk_skipped)) != sorted(expected):
-                raise UserError(f"{path} does not hold the ids its key says; delete {folder} and extract again")
-            features.update(zip(chunk_ids, tensor.to(torch.float32).unbind(0)))
-            skipped.update(chunk_skipped)
-        return features, skipped
+
+def _chunk_info(ids: list[str], features: torch.Tensor, skipped: dict[str, str]) -> dict:
+    """What the index records of one chunk: its kept ids, skipped ids and per-image feature shape."""
+    return {"ids": list(ids), "skipped": dict(skipped), "shape": list(features.shape[1:]) if len(ids) else None}
+
+
+def _feature_shape(encoder, chunk_info: dict[int, dict]) -> list[int]:
+    """Per-image feature shape: from any chunk with rows, else what the encoder says."""
+    for info in chunk_info.values():
+        if info["shape"] is not None:
+            return info["shape"]
+    return list(_empty_shape(encoder)[1:])
+
+
+def _index(key: dict, n_chunks: int, chunk_info: dict[int, dict], feature_shape: list[int]) -> dict:
+    """index.json: the key, the chunk count, every chunk's kept ids, the skipped ids, the feature shape."""
+    skipped = {i: reason for c in range(n_chunks) for i, reason in chunk_info[c]["skipped"].items()}
+    return {**key, "chunks": n_chunks, "feature_shape": feature_shape, "skipped": skipped,
+            "chunk_ids": [chunk_info[c]["ids"] for c in range(n_chunks)]}
 
 
 class PixelEncoder(Protocol):
@@ -312,22 +358,7 @@ def _unique_records(records: Sequence) -> list:
 
 
 def _chunk_path(folder: Path, chunk: int) -> Path:
-    return folder / f"chunk-{chunk:05d}.safetensors"
-
-
-def _save_chunk(path: Path, ids: list[str], features: torch.Tensor, skipped: dict[str, str]) -> None:
-    """safetensors file with the stacked features and the ids as metadata, written atomically."""
-    metadata = {"ids": json.dumps(ids), "skipped": json.dumps(skipped)}
-    atomic_save_safetensors(path, {"features": features}, metadata=metadata)
-
-
-def _load_chunk(path: Path) -> tuple[list[str], torch.Tensor, dict[str, str]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    tensor = load_file(str(path))["features"]
-    return json.loads(metadata.get("ids", "[]")), tensor, json.loads(metadata.get("skipped", "{}"))
+    return chunk_path(folder, chunk)
 
 
 def _slug(text: str) -> str:

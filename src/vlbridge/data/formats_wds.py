@@ -3,7 +3,7 @@
 Reading, with the `webdataset` library:
 
     stream = wds_records("shards/{000000..000009}.tar")   # or a directory of *.tar files
-    for record in stream: ...                              # ImageTextRecord, image = encoded bytes
+    for record in stream: ...                              # ImageTextRecord, image = TarMember / bytes
     torch.utils.data.DataLoader(stream, batch_size=None, num_workers=4)   # shards dealt to workers
 
 The stream is an `IterableDataset`; every `iter()` is a fresh pass over the shards. Shards are
@@ -17,6 +17,12 @@ counted once, the samples before the break are kept and the one being read is dr
 DataLoader workers each worker counts its own). Missing local shard files raise one
 `BadInputError` before streaming starts.
 
+Local uncompressed shards are read lazily: the image member of a record is a `TarMember` (file,
+offset, size) that `open_image` reads when the image is decoded, so a list of every record of a
+CC3M-sized dataset holds ids and captions but no image bytes; text members are read as usual.
+A member cut short by a truncated shard ends the shard as a break does (below). Remote or
+compressed shards give the image bytes, as webdataset reads them.
+
 Writing: `write_wds(records, OUT, encode, shard_size)` writes OUT/000000.tar, OUT/000001.tar...
 with `webdataset.ShardWriter`; each sample holds `__key__` (the id made file-name safe),
 the image (`png` / `jpg` / `webp`, original bytes kept), `txt` (first caption) and `json`
@@ -28,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -45,7 +52,7 @@ from vlbridge.data.formats_common import (
     optional_str,
     safe_name,
 )
-from vlbridge.data.records import ImageTextRecord, SkipCounter
+from vlbridge.data.records import ImageTextRecord, SkipCounter, TarMember
 from vlbridge.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -128,7 +135,10 @@ def _shard_members(shards: Iterable[dict], skips: SkipCounter) -> Iterator[dict]
     {"__broken__": url, "fname": the member being read}, so that the sample it belongs to
     is dropped instead of being passed on with some of its members missing.
     """
-    for shard in wds.tariterators.url_opener(shards, handler=CountShardErrors(skips)):
+    for shard in _local_or_opened(shards, skips):
+        if "members" in shard:  # a local uncompressed tar: images referenced, not read
+            yield from _lazy_members(shard["url"], skips)
+            continue
         url, announced = shard["url"], _LastAnnounced()
         try:
             for member in wds.tariterators.tar_file_iterator(shard["stream"], select_files=announced):
@@ -139,6 +149,46 @@ def _shard_members(shards: Iterable[dict], skips: SkipCounter) -> Iterator[dict]
             yield {"__broken__": url, "fname": announced.name}
         finally:
             shard["stream"].close()
+
+
+def _local_or_opened(shards: Iterable[dict], skips: SkipCounter) -> Iterator[dict]:
+    """{url, members: True} for local *.tar files, else webdataset's opened {url, stream}."""
+    for shard in shards:
+        url = shard["url"]
+        if url.endswith(".tar") and not url.startswith(REMOTE_PREFIXES) and Path(url).is_file():
+            yield {"url": url, "members": True}
+        else:
+            yield from wds.tariterators.url_opener([shard], handler=CountShardErrors(skips))
+
+
+def _lazy_members(url: str, skips: SkipCounter) -> Iterator[dict]:
+    """Like _shard_members for one local tar, with every image member a TarMember (headers read only)."""
+    size, name = Path(url).stat().st_size, ""
+    try:
+        with tarfile.open(url, mode="r:") as tar:
+            for info in tar:
+                name = info.name
+                if not info.isfile():
+                    continue
+                if info.offset_data + info.size > size:
+                    raise tarfile.ReadError(f"unexpected end of data in {info.name}")
+                ext = (wds.tariterators.base_plus_ext(info.name)[1] or "").lower()
+                data = TarMember(url, info.offset_data, info.size) if ext in IMAGE_KEYS else tar.extractfile(info).read()
+                yield {"fname": info.name, "data": data, "__url__": url}
+            _check_tar_end(tar, url, size)
+        yield {}
+    except Exception as error:  # tarfile.ReadError, EOFError, OSError ...
+        skips.skip(BAD_SHARD, f"{url}: {_first_line(error)}")
+        yield {"__broken__": url, "fname": name}
+
+
+def _check_tar_end(tar: tarfile.TarFile, url: str, size: int) -> None:
+    """tarfile stops quietly at a header cut short: anything but zero padding after the last member is a break."""
+    with open(url, "rb") as handle:
+        handle.seek(tar.offset)
+        rest = handle.read(size - tar.offset)
+    if rest.strip(b"\0"):
+        raise tarfile.ReadError("unexpected end of data (truncated header)")
 
 
 def _group_members(members: Iterable[dict]) -> Iterator[dict]:

@@ -6,7 +6,8 @@ record types, so training and evaluation never care where data came from:
 - `ImageTextRecord`: one image with its captions (and optional class label, split, domain).
 - `VQARecord`: one question about one image with its 10 human answers.
 
-Images are referenced lazily (`ImageRef`: a path, raw bytes, or an in-memory PIL image)
+Images are referenced lazily (`ImageRef`: a path, raw bytes, an in-memory PIL image, or a
+`TarMember`: the place of an image inside a local webdataset shard, read only when opened)
 and opened with `open_image`, which always returns RGB (RGBA composited onto white). Files
 larger than `MAX_IMAGE_PIXELS` are refused from their header, before decoding: openclipart
 ships a few 170-600-megapixel PNGs that would take seconds to minutes and gigabytes each.
@@ -31,7 +32,44 @@ from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-ImageRef = Union[str, Path, bytes, Image.Image]
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """One member of an uncompressed local tar file, read when the image is opened (bytes never held).
+
+    Equal to the bytes it refers to (and to another TarMember with the same bytes), so records
+    read lazily compare equal to records read with their bytes.
+    """
+
+    path: str  # the tar file
+    offset: int  # byte offset of the member's data in the file
+    size: int  # the member's size in bytes
+
+    def read_bytes(self) -> bytes:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(self.size)
+        if len(data) != self.size:
+            raise BadImage(f"cannot decode image {self}: tar member cut short ({len(data)} of {self.size} bytes)")
+        return data
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, TarMember):
+            return (self.path, self.offset, self.size) == (other.path, other.offset, other.size) or \
+                self.read_bytes() == other.read_bytes()
+        if isinstance(other, (bytes, bytearray)):
+            return self.size == len(other) and self.read_bytes() == bytes(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.offset, self.size))
+
+    def __str__(self) -> str:
+        return f"{self.path}@{self.offset}+{self.size}"
+
+
+ImageRef = Union[str, Path, bytes, Image.Image, TarMember]
 MAX_IMAGE_PIXELS = 25_000_000  # open_image refuses bigger files (5000 x 5000) before decoding
 
 
@@ -85,6 +123,11 @@ def open_image(ref: ImageRef, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Imag
     """
     if isinstance(ref, Image.Image):
         return to_rgb(ref)
+    if isinstance(ref, TarMember):
+        try:
+            ref = ref.read_bytes()
+        except OSError as err:
+            raise BadImage(f"cannot read image {ref}: {err}") from err
     where = "<bytes>" if isinstance(ref, (bytes, bytearray)) else str(ref)
     if isinstance(ref, (str, os.PathLike)):
         _check_regular_file(ref)

@@ -294,8 +294,9 @@ class Limber(nn.Module):
             prefix = self.image_prefix({"pixel_values": pixel_values, "image_features": image_features})  # (B, P, H)
             inputs = self.training_inputs(prefix, caption_ids, caption_labels)
             logits = self.lm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask).logits  # (B, L, V)
-        loss_sum, num_tokens = shifted_token_loss(logits, inputs.labels)
-        rows = shifted_token_loss(logits, inputs.labels, per_sequence=True) if per_sequence else (None, None)
+        labels = inputs.labels.to(logits.device)  # an LM placed by device_map returns logits on its last device
+        loss_sum, num_tokens = shifted_token_loss(logits, labels)
+        rows = shifted_token_loss(logits, labels, per_sequence=True) if per_sequence else (None, None)
         return LimberOutput(loss=loss_sum / num_tokens, logits=logits, loss_sum=loss_sum, num_tokens=num_tokens,
                             sequence_loss_sums=rows[0], sequence_num_tokens=rows[1])
 

@@ -17,6 +17,15 @@ BOS embedding at the very start of each sequence (before the image prefix), wher
 in pretraining. SmolLM2 and GPT-2 add none.
 
 Loading is local only (`local_files_only=True`): nothing is ever downloaded.
+
+Large LMs (GPT-J-6B class): `from_pretrained(..., device_map="auto")` lets accelerate spread the
+layers over the visible devices (and CPU) when the LM does not fit one device; the projector's
+prefix goes in on the embedding's device and the loss comes back from the head's.
+`enable_activation_checkpointing()` recomputes every decoder layer's activations in the backward
+pass instead of keeping them (torch.utils.checkpoint, non-reentrant): weights stay frozen and in
+eval mode (HF's own gradient checkpointing only acts in train mode, which would switch dropout
+on), the gradient reaching the prefix is the same, and activation memory drops from one set per
+layer to one layer's plus the layer inputs.
 """
 
 from __future__ import annotations
@@ -65,8 +74,13 @@ class FrozenLM(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> "FrozenLM":
-        """Load a local HF causal-LM directory (config.json + weights + tokenizer files)."""
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
+                        device_map: str | dict | None = None) -> "FrozenLM":
+        """Load a local HF causal-LM directory (config.json + weights + tokenizer files).
+
+        `device_map` ("auto", "balanced", a {module: device} dict): placed by accelerate across
+        devices instead of moved whole to `device`.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(path)
@@ -77,13 +91,27 @@ class FrozenLM(nn.Module):
             )
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            placement = {"device_map": device_map} if device_map else {}
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **placement)
         except (OSError, ValueError, KeyError) as err:
             raise UserError(f"cannot load a causal LM from {path}: {str(err).splitlines()[0]}") from err
         lm = cls(model, tokenizer, name=path.name)
-        lm.to(torch.device(device))
+        if not device_map:
+            lm.to(torch.device(device))
+        else:
+            log.info("LM placed by device_map=%s: %s", device_map, sorted(set(map(str, getattr(model, "hf_device_map", {}).values()))))
         log.info("loaded frozen LM %s (hidden %d, vocab %d)", lm.name, lm.hidden_size, lm.vocab_size)
         return lm
+
+    def enable_activation_checkpointing(self) -> int:
+        """Recompute each decoder layer in backward (weights untouched); returns how many layers."""
+        layers = decoder_layers(self.model)
+        for layer in layers:
+            if not getattr(layer, "_vlbridge_checkpointed", False):
+                layer.forward = _checkpointed(layer.forward)
+                layer._vlbridge_checkpointed = True
+        log.info("activation checkpointing on %d decoder layers of %s", len(layers), self.name)
+        return len(layers)
 
     # ------------------------------------------------------------------ module behaviour
     def train(self, mode: bool = True) -> "FrozenLM":
@@ -169,6 +197,28 @@ class FrozenLM(nn.Module):
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
             digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         return digest.hexdigest()
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The ModuleList of transformer blocks (model.layers, transformer.h, decoder.layers, ...)."""
+    count = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise UserError(f"cannot find the {count} decoder layers of {type(model).__name__} for activation checkpointing")
+
+
+def _checkpointed(forward):
+    """`forward` run under torch.utils.checkpoint whenever a gradient is being recorded."""
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
 
 
 def _resolve_eos(model, tokenizer) -> int:

@@ -11,7 +11,11 @@ cosine decay, gradient clipping at 1.0, bf16 autocast on GPU and fp32 on CPU. Th
 
 - Length: `steps` optimizer steps, or with `steps: 0` (the default) `epochs` passes over the
   data (one caption sampled per image per epoch; the last incomplete batch of an epoch dropped).
-- Features come from the `FeatureStore` (the encoder runs once per image, ever); with
+- Features come from the `FeatureStore` (the encoder runs once per image, ever), held in memory
+  when they take at most `data.memory_limit_mb` (or `feature_mode: memory`), else streamed from
+  the store one chunk at a time (`feature_mode: stream`) in a seeded shard-and-buffer order
+  (`limber_data.ChunkedFeatures`); the run log names the mode and its memory bound. The data
+  position is saved with every checkpoint and checked on resume. With
   `tune_encoder` the encoder is unfrozen instead, runs on pixels every step and gets its own
   learning rate (the paper's "NFRN50 Tuned" / "BEIT FT." rows). A tuned encoder stays in eval
   mode (BatchNorm statistics frozen, no dropout) while its weights train.
@@ -24,6 +28,9 @@ cosine decay, gradient clipping at 1.0, bf16 autocast on GPU and fp32 on CPU. Th
   The loss is the token-mean over the *global* batch (each rank scales its token-sum by
   world_size / global token count before DDP averages the gradients), so W processes compute
   the same update as one process on the same batch.
+- `lm_activation_checkpointing` recomputes the frozen LM's layer activations in the backward
+  pass (same gradients, less memory: GPT-J-6B figures in docs/BENCHMARKS.md); `lm_device_map`
+  ("auto") spreads an LM too large for one device over the visible devices with accelerate.
 - `grad_accum_steps` = A splits each rank's slice into A micro-batches, each run forward and
   backward in turn (DDP syncs only on the last), with every token-sum scaled by the same
   global token count: the same update as one unsplit step, with 1/A of the activation memory
@@ -46,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,6 +81,11 @@ class LimberDataConfig:
     max_caption_tokens: int = 32  # captions are truncated to this many tokens (before EOS)
     feature_cache: str = ""  # FeatureStore folder; "" = <VLBRIDGE_CACHE>/features
     extract_batch_size: int = 64  # images per encoder call when extracting features
+    feature_mode: str = "auto"  # auto | memory | stream: hold all features, or stream them from the store
+    memory_limit_mb: float = 1024.0  # auto: in memory when the features (float32) take at most this, else streamed
+    feature_chunk_size: int = 1024  # records per feature-store chunk (a new store only; the unit of streaming)
+    shuffle_buffer_chunks: int = 8  # stream: chunks whose records are shuffled together (2x this held in memory)
+    init_sample: int = 8192  # stream: features (seeded sample) that size the projector's init and feature scale
 
 
 @dataclass
@@ -111,6 +124,8 @@ class LimberTrainConfig(TrainConfig):
     encoder: str = ""  # image encoder spec for vlbridge.models.registry.build_encoder (required)
     lm: str = ""  # frozen causal-LM directory; "" = the embedded SmolLM2-135M-Instruct
     lm_dtype: str = "float32"  # LM weight dtype: float32 | bfloat16 | float16 (compute: bf16 autocast on GPU)
+    lm_activation_checkpointing: bool = False  # recompute the frozen LM's layer activations in backward (less memory)
+    lm_device_map: str = ""  # "": the whole LM on `device`; "auto" / "balanced": accelerate spreads it over devices
     num_prefix_tokens: int = 4  # k prefix vectors for pooled features (grid features give N)
     dropout: float = 0.0  # dropout on the image features before the projector
     projector_init: str = "embedding-scale"  # embedding-scale | caption-ridge | default (see training/projector_init.py)
@@ -156,7 +171,10 @@ def build_limber(config: LimberTrainConfig, device: torch.device):
         encoder.unfreeze()
     if config.lm_dtype not in DTYPES:
         raise UserError(f"lm_dtype must be one of {', '.join(DTYPES)}, got {config.lm_dtype!r}")
-    lm = FrozenLM.from_pretrained(lm_path, device=device, dtype=DTYPES[config.lm_dtype])
+    lm = FrozenLM.from_pretrained(lm_path, device=device, dtype=DTYPES[config.lm_dtype],
+                                  device_map=config.lm_device_map or None)
+    if config.lm_activation_checkpointing:
+        lm.enable_activation_checkpointing()
     limber_config = LimberConfig(
         encoder=config.encoder,
         lm=config.lm,  # "" stays "" (the embedded LM), so saved models stay portable
@@ -185,33 +203,73 @@ class TrainingData:
 
     records: list  # ImageTextRecord, in a fixed order
     caption_ids: list[list[list[int]]]  # per record, per caption: token ids (no EOS)
-    features: torch.Tensor | None  # (N, D) / (N, T, D) on the device; None when the encoder is tuned
+    features: torch.Tensor | None  # (N, D) / (N, T, D) on the device in memory mode; None when streamed or tuned
+    stream: limber_data.ChunkedFeatures | None = None  # the features read from the store in stream mode
+    mode: str = "pixels"  # "memory", "stream" or "pixels" (tuned encoder: images decoded every step)
+
+    def feature_rows(self):
+        """What make_batch reads features from: the tensor or the stream."""
+        return self.stream if self.stream is not None else self.features
+
+
+FEATURE_MODES = ("auto", "memory", "stream")
 
 
 def prepare_data(config: LimberTrainConfig, model, env: DistEnv) -> TrainingData:
     """Load records, extract (or reuse) their features, tokenize every caption once."""
     data = config.data
     records = limber_data.load_caption_records(data.dataset, data.split, data.n, data.seed, data.image_size)
-    features = None
     if config.tune_encoder:
         records = limber_data.keep_readable_images(records)
-    else:
-        from vlbridge.data.features import FeatureStore
+        caption_ids = limber_data.tokenize_captions(model.lm.tokenize, records, data.max_caption_tokens)
+        log.info("LiMBeR data mode: pixels (tuned encoder; images decoded every step, never held)")
+        return _log_sizes(TrainingData(records=records, caption_ids=caption_ids, features=None))
+    from vlbridge.data.features import FeatureStore
 
-        store = FeatureStore(Path(data.feature_cache) if data.feature_cache else default_feature_cache())
-        name = limber_data.dataset_cache_name(data.dataset, data.seed, data.image_size)
-        by_id = store.get_or_extract(model.encoder, name, data.split, records, batch_size=data.extract_batch_size, env=env)
-        records, features = limber_data.stack_features(records, by_id)
-        features = features.to(env.device)  # (N, D) or (N, T, D)
+    if data.feature_mode not in FEATURE_MODES:
+        raise UserError(f"data.feature_mode must be one of {', '.join(FEATURE_MODES)}, got {data.feature_mode!r}")
+    root = Path(data.feature_cache) if data.feature_cache else default_feature_cache()
+    store = FeatureStore(root, chunk_size=data.feature_chunk_size)
+    name = limber_data.dataset_cache_name(data.dataset, data.seed, data.image_size)
+    stored = store.extract(model.encoder, name, data.split, records, batch_size=data.extract_batch_size, env=env,
+                           load=False).stored
+    records, rows = limber_data.rows_of_records(records, stored.ids)
     caption_ids = limber_data.tokenize_captions(model.lm.tokenize, records, data.max_caption_tokens)
-    log.info("LiMBeR training data: %d images, %d captions", len(records), sum(len(c) for c in caption_ids))
-    return TrainingData(records=records, caption_ids=caption_ids, features=features)
+    size_mb = stored.nbytes_float32 / 2**20
+    in_memory = data.feature_mode == "memory" or (data.feature_mode == "auto" and size_mb <= data.memory_limit_mb)
+    if in_memory:
+        features = stored.read_all()[torch.from_numpy(rows)].to(env.device)  # (N, D) or (N, T, D)
+        log.info("LiMBeR data mode: memory (%d features, %.1f MB float32, limit %.0f MB)", len(rows), size_mb,
+                 data.memory_limit_mb)
+        return _log_sizes(TrainingData(records, caption_ids, features, mode="memory"))
+    stream = limber_data.ChunkedFeatures(stored, rows, capacity=2 * data.shuffle_buffer_chunks)
+    chunk_mb = max(stored.chunk_rows, default=0) * stored.nbytes_float32 / max(1, len(stored.ids)) / 2**20
+    log.info("LiMBeR data mode: stream from %s (%d features, %.1f MB float32 > limit %.0f MB; shuffle buffer %d "
+             "chunks of <= %d; at most %d chunks = %.1f MB held)", stored.folder, len(rows), size_mb,
+             data.memory_limit_mb, data.shuffle_buffer_chunks, max(stored.chunk_rows, default=0),
+             stream.cache.capacity, stream.cache.capacity * chunk_mb)
+    return _log_sizes(TrainingData(records, caption_ids, None, stream=stream, mode="stream"))
+
+
+def _log_sizes(data: TrainingData) -> TrainingData:
+    log.info("LiMBeR training data: %d images, %d captions", len(data.records), sum(len(c) for c in data.caption_ids))
+    return data
 
 
 FEATURE_SCALES = ("none", "unit-norm")
 
 
-def scale_features(model: Limber, data: TrainingData, feature_scale: str) -> None:
+def init_features(data: TrainingData, sample: int, seed: int) -> tuple[torch.Tensor | None, list]:
+    """Features (+ their caption ids) that size the projector's init: all in memory, a seeded sample when streamed."""
+    if data.stream is None:
+        return data.features, data.caption_ids
+    count = min(sample, len(data.stream))
+    chosen = np.sort(np.random.default_rng([seed, 7]).choice(len(data.stream), size=count, replace=False))
+    log.info("projector init and feature scale from a seeded sample of %d of %d streamed features", count, len(data.stream))
+    return data.stream.rows(chosen.tolist()), [data.caption_ids[i] for i in chosen]
+
+
+def scale_features(model: Limber, features: torch.Tensor | None, feature_scale: str) -> None:
     """`unit-norm`: set the projector's fixed input scale to 1 / mean feature norm of the training data.
 
     Adam moves each weight by about lr per step whatever the gradient's size, so a feature of norm
@@ -220,9 +278,9 @@ def scale_features(model: Limber, data: TrainingData, feature_scale: str) -> Non
     """
     if feature_scale not in FEATURE_SCALES:
         raise UserError(f"feature_scale must be one of {', '.join(FEATURE_SCALES)}, got {feature_scale!r}")
-    if feature_scale == "none" or data.features is None:
+    if feature_scale == "none" or features is None:
         return
-    norms = data.features.float().norm(dim=-1)  # (N,) or (N, T)
+    norms = features.float().norm(dim=-1)  # (N,) or (N, T)
     scale = 1.0 / float(norms.mean().clamp_min(1e-12))
     model.projector.input_scale = scale
     model.config.input_scale = scale
@@ -299,14 +357,18 @@ class LimberTask(TrainTask):
     """LiMBeR training as the shared loop drives it."""
 
     label = "train limber"
-    resume_free_keys = ("data.feature_cache", "data.extract_batch_size", "grad_accum_steps")
+    resume_free_keys = ("data.feature_cache", "data.extract_batch_size", "grad_accum_steps", "data.feature_mode",
+                        "data.memory_limit_mb", "data.init_sample", "data.feature_chunk_size",
+                        "data.shuffle_buffer_chunks", "lm_activation_checkpointing",
+                        "lm_device_map")  # data order changes are caught by the data position; the rest computes the same
 
     def __init__(self, config: LimberTrainConfig, run_dir: Path, env: DistEnv):
         self.config, self.run_dir, self.env = config, run_dir, env
         self.model = build_limber(config, env.device)
         self.data = prepare_data(config, self.model, env)
-        scale_features(self.model, self.data, config.feature_scale)
-        self.init_report = init_projector(self.model, self.data.features, self.data.caption_ids, config)
+        sized_by, sized_captions = init_features(self.data, config.data.init_sample, config.seed)
+        scale_features(self.model, sized_by, config.feature_scale)
+        self.init_report = init_projector(self.model, sized_by, sized_captions, config)
         self.init_report["input_scale"] = self.model.projector.input_scale
         self.model.projector.train(True)  # feature dropout (when configured) is on while training
         if self.model.encoder is not None:
@@ -317,6 +379,8 @@ class LimberTask(TrainTask):
         self.batcher = limber_data.CaptionBatcher(
             [len(c) for c in self.data.caption_ids], config.batch_size, config.seed, env.rank, env.world_size
         )
+        if self.data.stream is not None:
+            self.batcher.use_chunk_order(self.data.stream.groups(), config.data.shuffle_buffer_chunks)
         self.total_steps = config.steps or config.epochs * self.batcher.steps_per_epoch
         if self.total_steps < 1:
             raise UserError(f"nothing to train: {len(self.data.records)} records give no full batch of {config.batch_size}")
@@ -325,12 +389,14 @@ class LimberTask(TrainTask):
         self.preprocess = self.model.encoder.preprocess if config.tune_encoder else None
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        check_data_position(saved.get("data"), self.batcher.position(int(saved["step"])))
         self.checkpointed.load_state_dict(saved["trainable"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
 
     def begin(self, start_step: int) -> None:
         self.wrapped = wrap_ddp(self.model, self.env)
+        self.next_step = start_step  # the step the data position points at (saved in checkpoints)
 
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]  # the projector's
@@ -339,15 +405,28 @@ class LimberTask(TrainTask):
         torch.manual_seed(step_seed(self.config.seed, step, self.env.rank))
         samples = self.batcher.samples(step)
         data = self.data
-        batch = limber_data.make_batch(samples, data.records, data.caption_ids, data.features, self.preprocess, self.env.device)
+        batch = limber_data.make_batch(samples, data.records, data.caption_ids, data.feature_rows(), self.preprocess,
+                                       self.env.device)
+        self.next_step = step + 1
         return train_step(self.wrapped, batch, self.optimizer, self.scheduler, self.config, self.env)
 
     def state_dict(self) -> dict[str, Any]:
         return {"trainable": self.checkpointed.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "data": self.batcher.position(self.next_step)}
 
     def on_checkpoint(self, step: int) -> None:
         save_model(self.model, self.config.tune_encoder, self.run_dir)
+
+
+def check_data_position(saved: dict | None, now: dict) -> None:
+    """UserError when a checkpoint's data position is not where this run's data order puts that step."""
+    if saved is None:  # checkpoints written before positions were saved: the order is a function of the step
+        return
+    if saved != now:
+        raise UserError(f"cannot resume: the checkpoint's data position {saved} differs from this run's {now} "
+                        "(different records, store chunks or shuffle settings)")
+    log.info("data position restored: epoch %d, batch %d of the epoch (%s order)", now["epoch"], now["batch_in_epoch"],
+             now["order"])
 
 
 def save_model(model: Limber, tuned_encoder: bool, run_dir: Path) -> Path:

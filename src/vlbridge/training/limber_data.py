@@ -11,17 +11,25 @@ global step, which records form the batch and which of their captions is the tar
   of step s is a pure function of (seed, s): resuming at any step replays it exactly;
 - the last incomplete global batch of an epoch is dropped (every step sees `batch_size`);
 - under DDP, rank r of W takes slice r of each global batch (batch_size / W records), so a
-  run with W processes sees exactly the samples of a 1-process run with the same global batch.
+  run with W processes sees exactly the samples of a 1-process run with the same global batch;
+- features streamed from disk (`ChunkedFeatures`, a store too large to hold) use a seeded
+  shard-and-buffer order instead of a full permutation: epoch e permutes the store's chunks,
+  cuts that order into windows of `buffer_chunks` chunks and permutes the records inside each
+  window, so a step only ever touches the chunks of one or two windows (a `ChunkCache` of
+  2 x buffer_chunks chunks reads every chunk once per epoch). The order is still a pure function
+  of (seed, step), so a resumed run reads exactly the samples an uninterrupted one reads.
 
 Batches follow the project's batch format: `image_features` (B, D) or (B, N, D) from the
-feature cache, or `pixel_values` (B, 3, H, W) when the encoder is tuned (run every step),
+feature cache (an in-memory tensor or a `ChunkedFeatures` stream), or `pixel_values` (B, 3, H, W) when the encoder is tuned (run every step),
 plus `input_ids` (list of caption token lists; `Limber.training_inputs` adds EOS and pads)
 and `id`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -130,16 +138,41 @@ class CaptionBatcher:
         self.seed = seed  # data-order seed
         self.rank = rank  # this process's slice of every global batch
         self.steps_per_epoch = len(caption_counts) // global_batch_size  # incomplete batch dropped
+        self.groups: list[np.ndarray] | None = None  # record indices per store chunk (shard-and-buffer order)
+        self.buffer_chunks = 0  # chunks whose records are shuffled together (shard-and-buffer order)
         self._cached_epoch: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def use_chunk_order(self, groups: Sequence[np.ndarray], buffer_chunks: int) -> None:
+        """Shuffle by shard-and-buffer over `groups` (the records of each store chunk; see module docstring)."""
+        if buffer_chunks < 1:
+            raise UserError(f"data.shuffle_buffer_chunks must be >= 1, got {buffer_chunks}")
+        self.groups, self.buffer_chunks, self._cached_epoch = list(groups), buffer_chunks, None
 
     def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(record order (N,), caption choice per record (N,)) of `epoch`."""
         if self._cached_epoch is None or self._cached_epoch[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self.caption_counts))
+            order = self._shard_buffer_order(rng) if self.groups is not None else rng.permutation(len(self.caption_counts))
             choice = np.floor(rng.random(len(self.caption_counts)) * self.caption_counts).astype(np.int64)
             self._cached_epoch = (epoch, order, choice)
         return self._cached_epoch[1], self._cached_epoch[2]
+
+    def _shard_buffer_order(self, rng: np.random.Generator) -> np.ndarray:
+        """Chunks permuted, then the records of each window of `buffer_chunks` chunks permuted: (N,)."""
+        chunk_order = rng.permutation(len(self.groups))
+        windows = []
+        for start in range(0, len(chunk_order), self.buffer_chunks):
+            members = np.concatenate([self.groups[c] for c in chunk_order[start : start + self.buffer_chunks]])
+            windows.append(members[rng.permutation(len(members))])
+        return np.concatenate(windows) if windows else np.zeros(0, dtype=np.int64)
+
+    def position(self, step: int) -> dict:
+        """Where the data stands before `step`: what a checkpoint records and a resume checks."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order, _ = self.epoch_plan(epoch)
+        digest = hashlib.sha256(np.ascontiguousarray(order, dtype=np.int64).tobytes()).hexdigest()[:16]
+        return {"epoch": epoch, "batch_in_epoch": within, "records": len(self.caption_counts),
+                "order": "shard-buffer" if self.groups is not None else "permutation", "order_check": digest}
 
     def samples(self, step: int) -> StepSamples:
         """This rank's samples at global step `step` (0-based)."""
@@ -154,7 +187,7 @@ def make_batch(
     samples: StepSamples,
     records: Sequence[ImageTextRecord],
     caption_ids: Sequence[Sequence[list[int]]],
-    features: torch.Tensor | None = None,
+    features: "torch.Tensor | ChunkedFeatures | None" = None,
     preprocess: Callable | None = None,
     device: torch.device | str = "cpu",
 ) -> dict:
@@ -163,7 +196,9 @@ def make_batch(
         "input_ids": [list(caption_ids[i][c]) for i, c in zip(samples.record_indices, samples.caption_indices)],
         "id": [records[i].id for i in samples.record_indices],
     }
-    if features is not None:
+    if isinstance(features, ChunkedFeatures):
+        batch["image_features"] = features.rows(samples.record_indices).to(device)  # (B, D) or (B, N, D)
+    elif features is not None:
         index = torch.tensor(samples.record_indices, device=features.device)
         batch["image_features"] = features.index_select(0, index).to(device)  # (B, D) or (B, N, D)
     elif preprocess is not None:
@@ -183,3 +218,72 @@ def stack_features(records: Sequence[ImageTextRecord], by_id: dict[str, torch.Te
     if not kept:
         raise UserError("no image features could be extracted for the training records")
     return kept, torch.stack([by_id[record.id] for record in kept])
+
+
+class ChunkCache:
+    """The newest `capacity` chunks of a `StoredFeatures`, read (and verified) when first asked for."""
+
+    def __init__(self, stored, capacity: int):
+        self.stored = stored  # vlbridge.data.feature_chunks.StoredFeatures
+        self.capacity = max(1, capacity)  # chunks held at most
+        self.chunks: OrderedDict[int, torch.Tensor] = OrderedDict()  # chunk -> (rows, ...) float32
+        self.reads = 0  # chunk files read so far
+
+    def get(self, chunk: int) -> torch.Tensor:
+        if chunk in self.chunks:
+            self.chunks.move_to_end(chunk)
+            return self.chunks[chunk]
+        tensor = self.stored.read_chunk(chunk)
+        self.reads += 1
+        self.chunks[chunk] = tensor
+        while len(self.chunks) > self.capacity:
+            self.chunks.popitem(last=False)
+        return tensor
+
+
+class ChunkedFeatures:
+    """Features of record i streamed from store row `rows_of_records[i]` through a ChunkCache."""
+
+    def __init__(self, stored, rows_of_records: np.ndarray, capacity: int):
+        bounds = np.cumsum([0, *stored.chunk_rows])  # (C + 1,) first row of every chunk
+        self.rows_of_records = np.asarray(rows_of_records, dtype=np.int64)  # (N,) store row of each record
+        self.chunk_of_records = np.searchsorted(bounds, self.rows_of_records, side="right") - 1  # (N,)
+        self.offset_in_chunk = self.rows_of_records - bounds[self.chunk_of_records]  # (N,)
+        self.cache = ChunkCache(stored, capacity)  # the chunks in memory
+        self.feature_shape = stored.feature_shape  # (D,) or (T, D)
+
+    def __len__(self) -> int:
+        return len(self.rows_of_records)
+
+    def groups(self) -> list[np.ndarray]:
+        """Record indices of every store chunk (in chunk order): the unit of the shard-and-buffer shuffle."""
+        order = np.argsort(self.chunk_of_records, kind="stable")
+        cuts = np.flatnonzero(np.diff(self.chunk_of_records[order])) + 1
+        return np.split(order, cuts) if len(order) else []
+
+    def rows(self, record_indices: Sequence[int]) -> torch.Tensor:
+        """(B, D) / (B, T, D) float32 features of these records, in the order given."""
+        out = []
+        for record in record_indices:
+            chunk = self.cache.get(int(self.chunk_of_records[record]))
+            out.append(chunk[int(self.offset_in_chunk[record])])
+        return torch.stack(out).clone()  # a copy: the batch never pins a cached chunk
+
+    def iter_chunks(self):
+        """(record indices, (n, ...) features) per store chunk, one chunk in memory at a time (not cached)."""
+        for group in self.groups():
+            chunk = int(self.chunk_of_records[group[0]])
+            tensor = self.cache.stored.read_chunk(chunk)
+            yield group, tensor[torch.from_numpy(self.offset_in_chunk[group])]
+
+
+def rows_of_records(records: Sequence[ImageTextRecord], stored_ids: Sequence[str]) -> tuple[list[ImageTextRecord], np.ndarray]:
+    """Records that have features in the store, and the store row of each: (kept records, (N,) rows)."""
+    row_of_id = {record_id: row for row, record_id in enumerate(stored_ids)}
+    kept = [record for record in records if record.id in row_of_id]
+    missing = len(records) - len(kept)
+    if missing:
+        log.warning("%d records have no features (unreadable images?) and are left out", missing)
+    if not kept:
+        raise UserError("no image features could be extracted for the training records")
+    return kept, np.fromiter((row_of_id[record.id] for record in kept), dtype=np.int64, count=len(kept))
