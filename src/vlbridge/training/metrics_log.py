@@ -48,10 +48,13 @@ class RunLogger:
     def _read_existing(self, resume_step: int | None) -> None:
         if not self.path.is_file():
             return
-        with self.path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            self.columns = list(reader.fieldnames or ["step"])
-            self.rows = [row for row in reader if _kept(row, resume_step)]
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # a row a kill cut short ("1" of "10,..."): it could pass for another step's row
+        reader = csv.DictReader(lines)
+        self.columns = list(reader.fieldnames or ["step"])
+        self.rows = [row for row in reader if _kept(row, resume_step)]
         self._rewrite()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
