@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"vlbridge: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # TrainingInterrupted: 128 + the signal number
     except FileNotFoundError as err:
         print(f"vlbridge: error: file not found: {err.filename or err}", file=sys.stderr)
         return 2

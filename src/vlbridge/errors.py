@@ -19,6 +19,14 @@ class BadInputError(UserError):
     """A file given on the command line is unreadable or has the wrong format."""
 
 
+class TrainingInterrupted(UserError):
+    """A run stopped by a signal after saving a checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code  # what the CLI exits with (143 for SIGTERM, 130 for Ctrl-C)
+
+
 def one_line(err: BaseException, limit: int = 160) -> str:
     """`err`'s message on one line (whitespace runs folded), cut to `limit` characters."""
     text = " ".join(str(err).split())

@@ -258,18 +258,24 @@ def default_shifts(dataset: str) -> list[str]:
 def load_clip_features(args: argparse.Namespace):
     """(ClipBundle of --model/--arch on --device, its image encoder, the --cache FeatureStore).
 
+    --out and --cache are checked for writing first: one line instead of a traceback after the work.
+
     load_clip is imported only now. The encoder is the CLIP's pooled image embedding
     (`ClipImageEncoder`, what `clip:PATH` builds), unnormalised; the commands normalise it.
     """
     from vlbridge.data.features import default_feature_root
     from vlbridge.evaluation.features_io import eval_store
+    from vlbridge.io import check_writable_dir, check_writable_file
     from vlbridge.models.clip_loading import load_clip
     from vlbridge.models.encoders_clip import ClipImageEncoder
     from vlbridge.runtime import resolve_device
 
+    if args.out:  # every output place is checked before the model loads and features are computed
+        check_writable_file(args.out, "--out")
+    cache = check_writable_dir(Path(args.cache) if args.cache else default_feature_root(), "--cache")
     bundle = load_clip(args.model, device=resolve_device(args.device), arch=args.arch)
     encoder = ClipImageEncoder(bundle).to(bundle.device)
-    return bundle, encoder, eval_store(Path(args.cache) if args.cache else default_feature_root(), args.batch_size)
+    return bundle, encoder, eval_store(cache, args.batch_size)
 
 
 def probe_config(args: argparse.Namespace) -> ProbeConfig:

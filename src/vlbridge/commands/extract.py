@@ -73,16 +73,18 @@ def cache_dataset_name(dataset: str, seed: int, image_size: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from vlbridge.data.features import FeatureStore, default_feature_root
+    from vlbridge.io import check_writable_dir
     from vlbridge.models.registry import build_encoder
     from vlbridge.runtime import cleanup, init_distributed
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise UserError(f"--batch-size and --chunk-size must be >= 1, got {args.batch_size} and {args.chunk_size}")
+    cache = check_writable_dir(Path(args.cache) if args.cache else default_feature_root(), "--cache")
     env = init_distributed(args.device)
     try:
         encoder = build_encoder(args.encoder, device=env.device)
         records = load_image_records(args.dataset, args.split, args.n, args.seed, args.image_size)
-        store = FeatureStore(Path(args.cache) if args.cache else default_feature_root(), chunk_size=args.chunk_size)
+        store = FeatureStore(cache, chunk_size=args.chunk_size)
         name = cache_dataset_name(args.dataset, args.seed, args.image_size)
         result = store.extract(encoder, name, args.split, records, batch_size=args.batch_size, env=env, load=False)
     finally:

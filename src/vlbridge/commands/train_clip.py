@@ -53,12 +53,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vlbridge.config import load_config
+    from vlbridge.io import check_writable_dir
     from vlbridge.training.clip import ClipTrainConfig, train_clip
 
-    config_path = args.config
-    saved = args.out / "config.yaml"
-    if config_path is None and args.resume and saved.is_file():
-        config_path = saved  # resuming without --config: continue with the run's own settings
+    check_writable_dir(args.out, "--out")
+    config_path = resume_config_path(args)
     if config_path is not None and not Path(config_path).is_file():
         raise UserError(f"config file {config_path} does not exist")
     cfg = load_config(ClipTrainConfig, config_path, args.overrides)
@@ -73,6 +72,26 @@ def run(args: argparse.Namespace) -> int:
         summary = dataclasses.asdict(result)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return 0
+
+
+def resume_config_path(args: argparse.Namespace) -> Path | None:
+    """The config file to read: --config, else (when resuming) the run's own config.yaml.
+
+    A run killed before it saved config.yaml left no record of its settings. Resuming it with
+    nothing on the command line would silently train the defaults, so that is refused; given
+    --config or key=value settings, the run starts (or resumes) with exactly those.
+    """
+    saved = args.out / "config.yaml"
+    if args.config is not None or not args.resume:
+        return args.config
+    if saved.is_file():
+        return saved  # resuming without --config: continue with the run's own settings
+    if not args.overrides:
+        raise UserError(
+            f"cannot resume {args.out}: it has no config.yaml (the run stopped before saving its settings), so "
+            f"its settings are unknown; repeat the original command's --config and key=value settings"
+        )
+    return None
 
 
 def _is_main() -> bool:

@@ -71,9 +71,11 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from vlbridge.errors import UserError
+    from vlbridge.io import check_writable_dir
     from vlbridge.runtime import cleanup, init_distributed
     from vlbridge.training.limber import train_limber
 
+    check_writable_dir(args.out, "--out")  # before the LM and the features are loaded
     config = build_config(args)
     if not config.encoder:
         raise UserError("no image encoder given: pass --encoder SPEC (e.g. efficientnet-lite0 or timm:NAME@FILE)")

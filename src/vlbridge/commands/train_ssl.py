@@ -46,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vlbridge.config import load_config, merge
+    from vlbridge.io import check_writable_dir
     from vlbridge.training.ssl import SSLTrainConfig, train_ssl
 
+    check_writable_dir(args.out, "--out")
     config = load_config(SSLTrainConfig, args.config, args.overrides)
     flags = {"steps": args.steps, "batch_size": args.batch_size, "n_images": args.n_images, "seed": args.seed, "device": args.device}
     config = merge(config, {k: v for k, v in flags.items() if v is not None})

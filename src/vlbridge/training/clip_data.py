@@ -287,9 +287,23 @@ class StepSampler(torch.utils.data.Sampler):
 
 def map_style_batches(dataset: PairDataset, sampler: StepSampler, workers: int) -> Iterator[dict[str, Any]]:
     loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=workers > 0
+        dataset, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
     yield from loader
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """In a loader worker: leave Ctrl-C / SIGTERM (sent to the whole process group) to the training process.
+
+    The trainer stops at the next step boundary with a checkpoint (training/stop_signals.py); a
+    worker dying on the same signal would break the batch that step is waiting for. Workers end
+    with the training process as always (PyTorch shuts them down, or they see their parent die).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------------------------ streams

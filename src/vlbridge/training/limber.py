@@ -40,8 +40,9 @@ Run directory:
     config.yaml                resolved LimberTrainConfig
     checkpoints/step-*.pt      resume state (projector [+ encoder], optimizer, schedule, RNG)
     model/                     `Limber.save` output (projector safetensors + LimberConfig),
-                               plus encoder.safetensors when the encoder was tuned (written
-                               with every checkpoint)
+                               plus encoder.safetensors when the encoder was tuned; written
+                               once, when the run finishes, and swapped in whole (a killed
+                               run has checkpoints but no model/, or the previous final one)
     metrics.csv, tensorboard/  step, loss, learning rate, samples/s (RunLogger)
 """
 
@@ -414,7 +415,7 @@ class LimberTask(TrainTask):
         return {"trainable": self.checkpointed.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "data": self.batcher.position(self.next_step)}
 
-    def on_checkpoint(self, step: int) -> None:
+    def finish(self, result: TrainResult) -> None:
         save_model(self.model, self.config.tune_encoder, self.run_dir)
 
 
@@ -430,13 +431,18 @@ def check_data_position(saved: dict | None, now: dict) -> None:
 
 
 def save_model(model: Limber, tuned_encoder: bool, run_dir: Path) -> Path:
-    """Write the deployable model (projector + config; tuned encoder weights too)."""
-    from vlbridge.io import atomic_save_safetensors
+    """Write the deployable model (projector + config; tuned encoder weights too) as run_dir/model, whole.
+
+    Only a finished run writes it (checkpoints hold the state of an unfinished one), and it
+    appears by one rename, so a `model/` folder is always a complete, final model.
+    """
+    from vlbridge.io import atomic_dir, atomic_save_safetensors
 
     model_dir = run_dir / "model"
-    model.save(model_dir)
-    if tuned_encoder:
-        atomic_save_safetensors(model_dir / TUNED_ENCODER_FILE, model.encoder.state_dict())
+    with atomic_dir(model_dir) as staging:
+        model.save(staging)
+        if tuned_encoder:
+            atomic_save_safetensors(staging / TUNED_ENCODER_FILE, model.encoder.state_dict())
     return model_dir
 
 

@@ -23,7 +23,10 @@ holds, what it writes at the end); `run_training` does the rest, the same way fo
   window since the last row, and the task's own metrics (metrics.csv + TensorBoard);
 - every `checkpoint_every` steps (0: never in between) and at the end, a checkpoint goes to
   run_dir/checkpoints via `vlbridge.checkpoint` (atomic; `keep_checkpoints` newest kept, 0 = all);
-- `on_step(step, loss)` runs after every completed step (tests stop runs with it).
+- `on_step(step, loss)` runs after every completed step (tests stop runs with it);
+- SIGTERM or Ctrl-C (SIGINT) lets the step in progress finish, saves a checkpoint of it (if
+  that step had none) and raises `TrainingInterrupted` (exit code 143 / 130 in the CLI), without
+  writing the final model; `--resume latest` continues exactly (`training/stop_signals.py`).
 
 `TrainConfig` holds the vocabulary every trainer config shares (`steps`, `batch_size`,
 `grad_accum_steps`, `seed`, `device`, `log_every`, `checkpoint_every`, `keep_checkpoints`,
@@ -49,6 +52,7 @@ from vlbridge.errors import UserError
 from vlbridge.runtime import DistEnv, barrier
 from vlbridge.training.metrics_log import RunLogger
 from vlbridge.training.optim import OptimConfig, check_optim_config
+from vlbridge.training.stop_signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +207,8 @@ def run_training(task: TrainTask, config: TrainConfig, run_dir: str | Path, env:
     task.begin(start)
     logger = RunLogger(run_dir, env.is_main, resume_step=start)  # rows after `start` from an earlier try go
     try:
-        result = _run_steps(task, config, run_dir, env, start, logger, on_step)
+        with StopSignals() as stop:
+            result = _run_steps(task, config, run_dir, env, start, logger, on_step, stop)
     finally:
         logger.close()
     if env.is_main:
@@ -213,7 +218,7 @@ def run_training(task: TrainTask, config: TrainConfig, run_dir: str | Path, env:
 
 
 def _run_steps(task: TrainTask, config: TrainConfig, run_dir: Path, env: DistEnv, start: int,
-               logger: RunLogger, on_step: OnStep | None) -> TrainResult:
+               logger: RunLogger, on_step: OnStep | None, stop: StopSignals) -> TrainResult:
     losses: list[tuple[int, float]] = []
     pending: list[tuple[int, torch.Tensor]] = []  # losses still on the device: read in one go, no sync per step
     bar = tqdm(total=task.total_steps, initial=start, desc=task.label, disable=None if env.is_main else True)
@@ -238,6 +243,12 @@ def _run_steps(task: TrainTask, config: TrainConfig, run_dir: Path, env: DistEnv
             _checkpoint(task, config, run_dir, done, env)
         if on_step is not None:
             on_step(done, losses[-1][1])
+        if stop.requested(env):
+            bar.close()
+            if not saves:
+                losses += _read_losses(pending)
+                _checkpoint(task, config, run_dir, done, env)
+            raise stop.interrupted(done, run_dir / CHECKPOINT_DIR / f"step-{done:08d}.pt")
     bar.close()
     return TrainResult(
         run_dir=run_dir, steps=start + len(losses), start_step=start,

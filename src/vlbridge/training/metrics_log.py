@@ -8,8 +8,9 @@ Used by CLIP and LiMBeR training alike:
 
 metrics.csv has one row per `log` call: `step`, then every metric name in order of first
 appearance (a new name rewrites the file with the wider header; missing values are empty).
-When a run resumes at step k, rows logged after k by the interrupted run are dropped, so the
-file reads like one uninterrupted run; TensorBoard events after k are purged the same way.
+When a run resumes at step k (k = 0 for a fresh start, also after a kill before the first
+checkpoint), rows logged after k by the interrupted run are dropped, and so is a row a kill
+tore mid-write, so the file reads like one uninterrupted run; TensorBoard events after k are purged the same way.
 On ranks other than 0 every method is a no-op.
 """
 
@@ -20,7 +21,7 @@ import logging
 import math
 from pathlib import Path
 
-from vlbridge.io import atomic_open
+from vlbridge.io import atomic_open, write_errors_as_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,13 @@ class RunLogger:
     def _read_existing(self, resume_step: int | None) -> None:
         if not self.path.is_file():
             return
-        with self.path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            self.columns = list(reader.fieldnames or ["step"])
-            self.rows = [row for row in reader if resume_step is None or int(row["step"]) <= resume_step]
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # a row a kill cut short ("1" of "10,..."): it could pass for another step's row
+        reader = csv.DictReader(lines)
+        self.columns = list(reader.fieldnames or ["step"])
+        self.rows = [row for row in reader if _kept(row, resume_step)]
         self._rewrite()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -64,7 +68,7 @@ class RunLogger:
             self.columns += new_columns
             self._rewrite()
         else:
-            with self.path.open("a", newline="", encoding="utf-8") as handle:
+            with write_errors_as_user_errors(self.path), self.path.open("a", newline="", encoding="utf-8") as handle:
                 csv.DictWriter(handle, self.columns).writerow(row)
         if self.writer is not None:
             for name, value in metrics.items():
@@ -80,6 +84,14 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _kept(row: dict[str, str], resume_step: int | None) -> bool:
+    """A row survives a resume at `resume_step` if it was logged at or before it (a row torn by a kill has no valid step)."""
+    step = (row.get("step") or "").strip()
+    if not step.isdigit():
+        return False
+    return resume_step is None or int(step) <= resume_step
 
 
 def _format(value: float) -> str:
