@@ -1,6 +1,8 @@
 """Tests for shared-demonstration few-shot VQA: demonstration lists, open answers equal to plain
 greedy generation on the full prompt, closed-set ranking equal to brute-force sequence scoring."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,33 @@ def test_accuracies_use_the_official_metric(tiny_model, features):
         assert row.open_accuracy == item_accuracy(row.open_answer, query.answers)
         if row.closed_answer is not None:
             assert row.closed_accuracy == item_accuracy(row.closed_answer, query.answers)
+
+
+def test_prompt_positions_count_what_the_lm_reads(tiny_model, features):
+    from vlbridge.models.limber import embed_prompt
+
+    for blind in (False, True):
+        prompt = vqa.build_prompt(QUERIES[1], SUPPORT[:4], features, blind, FewShotConfig().template)
+        embedded = embed_prompt(tiny_model.lm, tiny_model.embed_segments([vqa.model_segments(prompt)])[0])
+        assert vqa.prompt_positions(tiny_model, prompt) == embedded.shape[0]
+
+
+def test_shots_that_overflow_the_context_are_dropped_oldest_first(tiny_model, features, monkeypatch, caplog):
+    import vlbridge.models.generation as generation
+
+    def build(query, shots):
+        return vqa.build_prompt(query, shots, features, False, vqa.QUESTION_TEMPLATE)
+
+    shots = SUPPORT[:4]
+    room = vqa.prompt_positions(tiny_model, build(QUERIES[0], shots[1:])) + 5  # three shots and 5 new tokens fit
+    monkeypatch.setattr(generation, "max_positions", lambda lm: room)
+    prompt, dropped = vqa.fit_shots(tiny_model, QUERIES[0], shots, 5, build)
+    assert dropped == 1 and prompt == build(QUERIES[0], shots[1:])
+    assert vqa.fit_shots(tiny_model, QUERIES[0], shots, 6, build) == (build(QUERIES[0], shots[2:]), 2)  # one more token
+    monkeypatch.setattr(generation, "max_positions", lambda lm: 3)  # not even the query fits: left as is
+    assert vqa.fit_shots(tiny_model, QUERIES[0], shots, 5, build) == (build(QUERIES[0], []), 4)
+    monkeypatch.setattr(generation, "max_positions", lambda lm: room)
+    with caplog.at_level("WARNING"):
+        result = vqa.evaluate_vqa(tiny_model, QUERIES[:1], SUPPORT, vqa.VQAEvalConfig(shots=(4,), template=vqa.QUESTION_TEMPLATE),
+                                  generation.GenerationConfig(max_new_tokens=5), features)
+    assert re.search(r"VQA 4-shot: [1-4] solved example\(s\) dropped from 1 prompt\(s\)", caplog.text) and "4" in result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -369,6 +370,18 @@ def test_prompts_longer_than_the_lms_context(capsys, models, image):
                  ["caption", image, "--prompt", long_text, "--model", models.limber, "--device", "cpu"]):
         line = assert_clear_error(run_cli(capsys, argv, timeout=60), "positions")
         assert "at most 256 positions" in line
+
+
+def test_support_answers_longer_than_the_context_drop_the_oldest_shots(capsys, tmp_path, models, image):
+    support = tmp_path / "support.jsonl"
+    rows = [{"question_id": f"q{i}", "image_id": f"s{i}", "image": str(image), "question": "what colour is it?",
+             "answers": ["red " * 60]} for i in range(4)]  # each solved example takes ~70 of the LM's 256 positions
+    support.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    argv = ["vqa", image, "--question", "what colour?", "--shots", "4", "--support", support, "--model", models.limber,
+            "--device", "cpu"]
+    result = run_cli(capsys, argv, timeout=60)
+    assert result.code == 0 and "Traceback" not in result.err
+    assert re.search(r"warning: [1-4] of 4 solved examples left out so the prompt fits the LM's context", result.err)
 
 
 def test_same_stem_different_extensions_in_one_folder(capsys, tmp_path, image):

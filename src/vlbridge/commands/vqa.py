@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,7 +98,7 @@ def read_support(path: str | Path) -> list[VQARecord]:
 
 def run(args) -> int:
     from vlbridge.data.records import VQARecord
-    from vlbridge.evaluation.vqa import answer_prompts, build_prompt, check_template, choose_shots
+    from vlbridge.evaluation.vqa import answer_prompts, build_prompt, check_template, choose_shots, fit_shots
 
     if args.shots < 0:
         raise BadInputError(f"--shots must be >= 0, got {args.shots}")
@@ -117,6 +118,10 @@ def run(args) -> int:
     if not args.blind and model.encoder is None:
         raise BadInputError(f"checkpoint {args.model} names no image encoder; use --blind or a checkpoint with one")
     model.eval()
-    prompt = build_prompt(query, shots, blind=args.blind, template=args.template)
+    prompt, dropped = fit_shots(model, query, shots, config.max_new_tokens,
+                                lambda q, kept: build_prompt(q, kept, blind=args.blind, template=args.template))
+    if dropped:
+        print(f"warning: {dropped} of {len(shots)} solved examples left out so the prompt fits the LM's context",
+              file=sys.stderr)
     print(answer_prompts(model, [prompt], config, batch_size=1)[0])
     return 0

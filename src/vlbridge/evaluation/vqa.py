@@ -26,6 +26,9 @@ Choices (LiMBeR / MAGMA style, fixed so every encoder is compared on identical p
   items are the shots, so the 1-shot example is the first of the 2-shot ones, and so on
   (shot counts differ only in how many examples are shown). Same seed -> same shots,
   whatever other questions are evaluated.
+- Context length: a prompt whose shots would not leave room for the answer within the LM's
+  positions loses its oldest solved examples first (`fit_shots`), with a warning that counts
+  them; a query that does not fit even alone is refused by generation with a one-line error.
 - Blind baseline: the very same prompts with every `ImageSegment` removed (no image
   embeddings at all, not zeros); the text segments are unchanged.
 - Answers: greedy decoding (at most 10 new tokens by default), first line of the generated
@@ -45,6 +48,7 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -164,6 +168,39 @@ def build_prompt(
     return segments
 
 
+def prompt_positions(model, prompt: VQAPrompt) -> int:
+    """Positions `prompt` takes in the LM: [BOS], each image's prefix, the tokens of each run of text."""
+    count, text = (1 if model.lm.prepend_bos else 0), ""
+    for segment in prompt:
+        if isinstance(segment, TextSegment):
+            text += segment.text  # consecutive texts are tokenized as one piece, as embed_prompt does
+            continue
+        count += (len(model.lm.tokenize([text])[0]) if text else 0) + model.num_prefix_tokens
+        text = ""
+    return count + (len(model.lm.tokenize([text])[0]) if text else 0)
+
+
+def fit_shots(model, query: VQARecord, shots: Sequence[VQARecord], new_tokens: int, build) -> tuple[VQAPrompt, int]:
+    """`build(query, shots)` with the oldest shots dropped until the prompt and `new_tokens` fit the LM's
+    positions: (prompt, shots dropped). A prompt that does not fit even with no shots is returned as
+    is; generation then refuses it with a one-line error."""
+    from vlbridge.models.generation import max_positions
+
+    limit = max_positions(model.lm)
+    kept = list(shots)
+    prompt = build(query, kept)
+    while limit is not None and kept and prompt_positions(model, prompt) + new_tokens > limit:
+        kept = kept[1:]
+        prompt = build(query, kept)
+    return prompt, len(shots) - len(kept)
+
+
+def warn_dropped_shots(dropped: int, prompts: int, n_shots: int) -> None:
+    if dropped:
+        log.warning("VQA %d-shot: %d solved example(s) dropped from %d prompt(s) so they fit the LM's context",
+                    n_shots, dropped, prompts)
+
+
 @dataclass
 class VQAEvalConfig:
     """How the few-shot VQA protocol runs."""
@@ -239,8 +276,11 @@ def evaluate_vqa(
         raise UserError("no VQA questions to evaluate")
     result: dict = {"by_answer_type": {}, "samples": {}}
     for n_shots in config.shots:
-        prompts = [build_prompt(q, choose_shots(q, support, n_shots, config.seed), features, config.blind, config.template)
-                   for q in queries]
+        build = partial(_build, features=features, blind=config.blind, template=config.template)
+        fitted = [fit_shots(model, q, choose_shots(q, support, n_shots, config.seed), generation.max_new_tokens, build)
+                  for q in queries]
+        prompts = [prompt for prompt, _ in fitted]
+        warn_dropped_shots(sum(dropped for _, dropped in fitted), sum(1 for _, d in fitted if d), n_shots)
         predictions = sharded_answers(model, prompts, generation, config.batch_size, f"vqa {n_shots}-shot", env)
         scores = score_answers(queries, predictions)
         by_type = scores.get("by_answer_type", {})
@@ -252,6 +292,10 @@ def evaluate_vqa(
         ]
         log.info("VQA %d-shot%s accuracy %.4f", n_shots, " (blind)" if config.blind else "", scores["accuracy"])
     return result
+
+
+def _build(query: VQARecord, shots: Sequence[VQARecord], features, blind: bool, template: str) -> VQAPrompt:
+    return build_prompt(query, shots, features, blind, template)
 
 
 def with_features(records: Sequence[VQARecord], features: dict[str, torch.Tensor], what: str) -> list[VQARecord]:
