@@ -159,7 +159,7 @@ def test_open_clip_state_dict_with_arch(tmp_path, capsys):
     [
         (["zeroshot", "--dataset", "mnist-please"], "unknown dataset spec 'mnist-please'"),
         (["zeroshot", "--dataset", "shapes-shift:rain"], "shift= expects one of sketch, noisy, blur, invert"),
-        (["zeroshot", "--dataset", "shapes", "--n", "0"], "whole number >= 1, got 0"),
+        (["zeroshot", "--dataset", "shapes", "--n", "0"], "--n must be a whole number from 1 to 100,000,000, got 0"),
         (["probe", "--dataset", "shapes?split=test"], "fixes split=test, but split 'train' is read here"),
         (["zeroshot", "--dataset", "shapes", "--templates", "nope"], "--templates expects one of"),
         (["robustness", "--dataset", "imagefolder:/nowhere"], "needs at least one --shift"),

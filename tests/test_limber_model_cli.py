@@ -176,3 +176,20 @@ def test_vqa_errors_are_one_line(checkpoint, shapes_dir, tmp_path, capsys):
     assert "no usable VQA lines" in capsys.readouterr().err
     assert main([*base, "--shots", "50", "--support", str(shapes_dir / "vqa.jsonl")]) == 2
     assert "usable images" in capsys.readouterr().err
+
+
+def test_a_tar_member_image_segment_embeds_like_its_bytes(model, shapes_dir, tmp_path):
+    import tarfile
+
+    from vlbridge.data.records import TarMember
+
+    image = sorted((shapes_dir / "images").glob("*.png"))[0]
+    shard = tmp_path / "one.tar"
+    with tarfile.open(shard, "w") as tar:
+        tar.add(image, arcname="0.png")
+    with tarfile.open(shard) as tar:
+        info = tar.getmember("0.png")
+    member = TarMember(str(shard), info.offset_data, info.size)
+    with torch.no_grad():
+        (from_member,), (from_bytes,) = model.embed_segments([[member]]), model.embed_segments([[image.read_bytes()]])
+    assert torch.equal(from_member[0], from_bytes[0])

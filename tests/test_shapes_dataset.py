@@ -184,7 +184,7 @@ def test_cli_end_to_end_matches_the_library(tmp_path, capsys):
     "extra, message",
     [
         (["--n", "-5"], "n must be"),
-        (["--n", "0"], "at least 1"),
+        (["--n", "0"], "--n must be a whole number from 1"),
         (["--image-size", "8"], "image size"),
         (["--seed", "-1"], "seed"),
         (["--split-fractions", "0.5,0.6,0.1"], "sum to 1"),

@@ -40,7 +40,7 @@ from vlbridge.api.search_index import (
 )
 from vlbridge.data.features import FeatureStore
 from vlbridge.data.formats import load_image_text
-from vlbridge.data.records import ImageTextRecord, SkipCounter
+from vlbridge.data.records import ImageTextRecord, SkipCounter, TarMember
 from vlbridge.errors import UserError
 from vlbridge.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -195,6 +195,8 @@ def _write_part(root: Path, info: dict, source: str, rows: list) -> None:
 
 def _store_image(root: Path, row: int, image) -> str:
     """Copy an image without a file into images/ (bytes as they are, PIL images as PNG); its relative path."""
+    if isinstance(image, TarMember):
+        image = image.read_bytes()  # a lazily read shard member
     if isinstance(image, (bytes, bytearray)):
         with Image.open(io.BytesIO(image)) as handle:
             extension = (handle.format or "png").lower().replace("jpeg", "jpg")

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from vlbridge import jsontext
-from vlbridge.data.records import BadImage, ImageRef, SkipCounter, open_image, to_rgb
+from vlbridge.data.records import BadImage, ImageRef, SkipCounter, TarMember, open_image, to_rgb
 from vlbridge.errors import BadInputError
 
 # Skip reasons (the keys of SkipCounter.by_reason).
@@ -155,6 +155,8 @@ def encoded_image(ref: ImageRef) -> tuple[bytes, str]:
         return _png_bytes(to_rgb(ref)), "png"
     if isinstance(ref, (bytes, bytearray)):
         data = bytes(ref)
+    elif isinstance(ref, TarMember):
+        data = ref.read_bytes()  # a lazily read shard member: its bytes, kept as they are
     else:
         try:
             data = Path(ref).read_bytes()

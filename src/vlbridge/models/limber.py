@@ -49,7 +49,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from vlbridge.config import from_dict, read_mapping, save_config
-from vlbridge.data.records import open_image
+from vlbridge.data.records import TarMember, open_image
 from vlbridge.errors import UserError
 from vlbridge.models.lm import FrozenLM, default_lm_path
 from vlbridge.models.projector import LinearProjector
@@ -315,7 +315,7 @@ class Limber(nn.Module):
         """Features (D,) or (N, D) of one image segment (given as features or as an image)."""
         if isinstance(segment, torch.Tensor):
             return segment.to(self.device)
-        if isinstance(segment, (Path, bytes, bytearray, Image.Image)):
+        if isinstance(segment, (Path, bytes, bytearray, Image.Image, TarMember)):
             if self.encoder is None:
                 raise UserError("an image prompt segment needs an image encoder, but this LiMBeR model has none")
             pixels = self.encoder.preprocess(open_image(segment))[None]  # (1, 3, H, W)
