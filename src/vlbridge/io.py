@@ -9,6 +9,7 @@
     atomic_save_safetensors(path, tensors, metadata)  # safetensors file
     with atomic_path(path) as tmp: writer(tmp)     # any library that wants a file name
     with atomic_dir(folder) as tmp: write files in tmp  # a whole folder, swapped in by rename
+    check_dir_path(out, "--out") / check_file_path(out, "--out")  # the right kind of path (nothing created)
     check_writable_dir(run_dir, "--out")           # before any work: a folder this process can write in
     check_writable_file(out_json, "--out")         # before any work: a file path whose folder is writable
 
@@ -177,19 +178,38 @@ def write_errors_as_user_errors(path: str | Path) -> Iterator[None]:
         raise
 
 
-def check_writable_dir(folder: str | Path, option: str = "--out") -> Path:
-    """Create `folder` if needed and prove a file can be written in it; UserError naming `option` if not."""
+def check_dir_path(folder: str | Path, option: str = "--out") -> Path:
+    """`folder` if it is a folder or can become one: not a file, no file among its parents (nothing created)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{option} {folder} is a file; expected a folder")
+    _check_not_under_a_file(folder, option, "a folder")
+    return folder
+
+
+def check_file_path(path: str | Path, option: str = "--out") -> Path:
+    """`path` if a file can be created there: not a folder, no file among its parents (nothing created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; expected a file name")
+    _check_not_under_a_file(path, option, "a file name")
+    return path
+
+
+def _check_not_under_a_file(path: Path, option: str, expected: str) -> None:
+    blocking = next((parent for parent in path.absolute().parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{option} {path} lies under a file ({blocking}); expected {expected}")
+
+
+def check_writable_dir(folder: str | Path, option: str = "--out") -> Path:
+    """Create `folder` if needed and prove a file can be written in it; UserError naming `option` if not."""
+    folder = check_dir_path(folder, option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = temporary_name(folder / "write-check")
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         probe.unlink()
-    except NotADirectoryError as err:
-        blocking = next((p for p in folder.parents if p.is_file()), folder)
-        raise UserError(f"{option} {folder} lies under a file ({blocking}); expected a folder") from err
     except OSError as err:
         reason = _WRITE_ERRORS.get(err.errno, err.strerror or str(err))
         raise UserError(f"{option} {folder} is not writable: {reason}") from err
@@ -198,9 +218,7 @@ def check_writable_dir(folder: str | Path, option: str = "--out") -> Path:
 
 def check_writable_file(path: str | Path, option: str = "--out") -> Path:
     """`path` can be (re)written: not a folder, and its folder is writable (created if needed)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a folder; expected a file name")
+    path = check_file_path(path, option)
     check_writable_dir(path.parent, option)
     return path
 

@@ -4,13 +4,12 @@
     check_non_negative(name, value)       a whole number >= 0 (workers, shots)
     check_positive_number(name, value)    a finite number > 0 (a learning rate, C, a temperature)
     check_finite(name, value)             a finite number (no NaN, no infinity)
-    check_output_file(path, name)         a file vlbridge may create: not a folder, not under a file
-    check_output_dir(path, name)          a folder vlbridge may create or fill: not a file, not under a file
+    (--out / --cache: vlbridge.io.check_file_path / check_dir_path, not a folder / not a file, not under a file)
     check_device(preference)              a --device this machine has (cuda without a GPU refused)
     check_arguments(args)                 the above, applied to a parsed CLI namespace by argument name
 
 Every check raises one `UserError` that names the argument and what was expected, so a bad value
-fails before any work starts. This is a base layer: it imports nothing of vlbridge but `errors` (and
+fails before any work starts. This is a base layer: it imports nothing of vlbridge but `errors` and `io` (and
 `runtime`, which imports torch, only inside `check_device`, so `--help` stays torch-free).
 """
 
@@ -20,6 +19,7 @@ import math
 from pathlib import Path
 
 from vlbridge.errors import UserError
+from vlbridge.io import check_dir_path, check_file_path
 
 MAX_COUNT = 100_000_000  # largest count a user may ask for (n=, --n, --steps): beyond it a run never ends
 
@@ -71,24 +71,6 @@ def check_fraction(name: str, value: object, include_one: bool = True) -> float:
     return value
 
 
-def check_output_file(path: str | Path, name: str) -> Path:
-    """`path` as a Path if a file can be written there: not a folder, no file among its parents."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{name} {path} is a directory; expected a file name")
-    _check_parents(path, name)
-    return path
-
-
-def check_output_dir(path: str | Path, name: str) -> Path:
-    """`path` as a Path if it is a folder or can become one: not a file, no file among its parents."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{name} {path} is a file; expected a directory")
-    _check_parents(path, name)
-    return path
-
-
 def check_arguments(args: object) -> None:
     """Check every argument of a parsed CLI namespace whose name says what it holds (None = not given).
 
@@ -110,9 +92,9 @@ def check_arguments(args: object) -> None:
         check_device(values["device"])
     for name in OUTPUT_DIR_ARGUMENTS:
         if values.get(name):
-            check_output_dir(values[name], _flag(name))
+            check_dir_path(values[name], _flag(name))
     if isinstance(values.get("out"), (str, Path)) and values["out"]:
-        check_out = check_output_file if values.get("out_kind") == "file" else check_output_dir
+        check_out = check_file_path if values.get("out_kind") == "file" else check_dir_path
         check_out(values["out"], "--out")
 
 
@@ -121,14 +103,6 @@ def check_device(preference: str) -> None:
     from vlbridge.runtime import resolve_device
 
     resolve_device(preference)
-
-
-def _check_parents(path: Path, name: str) -> None:
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{name} {path}: {parent} is a file, so nothing can be created under it")
-            return
 
 
 def _flag(name: str) -> str:
