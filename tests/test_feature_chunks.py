@@ -9,24 +9,14 @@ import json
 import logging
 
 import pytest
-import timm
 import torch
-from safetensors.torch import save_file
 
 from vlbridge.data.feature_chunks import DamagedChunk, load_chunk, save_chunk
 from vlbridge.data.features import INDEX_FILE, FeatureStore
 from vlbridge.errors import UserError
 from vlbridge.models.registry import build_encoder
 
-from test_features import counted, make_records
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("w") / "test_resnet.safetensors"
-    save_file(timm.create_model("test_resnet", pretrained=False).state_dict(), str(path))
-    return path
+from test_features import counted, make_records, weights  # noqa: F401 (a fixture)
 
 
 def overwrite_tail(path, count: int = 8) -> None:

@@ -211,13 +211,19 @@ def make_batch(
 
 def stack_features(records: Sequence[ImageTextRecord], by_id: dict[str, torch.Tensor]) -> tuple[list[ImageTextRecord], torch.Tensor]:
     """Records that have cached features, and their features stacked in record order: (N, D) or (N, T, D)."""
-    kept = [record for record in records if record.id in by_id]
+    kept = records_with_features(records, by_id)
+    return kept, torch.stack([by_id[record.id] for record in kept])
+
+
+def records_with_features(records: Sequence[ImageTextRecord], feature_ids) -> list[ImageTextRecord]:
+    """The records whose id is in `feature_ids` (the others are counted in the log); UserError if none is."""
+    kept = [record for record in records if record.id in feature_ids]
     missing = len(records) - len(kept)
     if missing:
         log.warning("%d records have no features (unreadable images?) and are left out", missing)
     if not kept:
         raise UserError("no image features could be extracted for the training records")
-    return kept, torch.stack([by_id[record.id] for record in kept])
+    return kept
 
 
 class ChunkCache:
@@ -280,10 +286,5 @@ class ChunkedFeatures:
 def rows_of_records(records: Sequence[ImageTextRecord], stored_ids: Sequence[str]) -> tuple[list[ImageTextRecord], np.ndarray]:
     """Records that have features in the store, and the store row of each: (kept records, (N,) rows)."""
     row_of_id = {record_id: row for row, record_id in enumerate(stored_ids)}
-    kept = [record for record in records if record.id in row_of_id]
-    missing = len(records) - len(kept)
-    if missing:
-        log.warning("%d records have no features (unreadable images?) and are left out", missing)
-    if not kept:
-        raise UserError("no image features could be extracted for the training records")
+    kept = records_with_features(records, row_of_id)
     return kept, np.fromiter((row_of_id[record.id] for record in kept), dtype=np.int64, count=len(kept))
