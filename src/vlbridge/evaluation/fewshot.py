@@ -257,10 +257,9 @@ def best_candidates(lm, state: _PromptState, sets: list[CandidateSet | None], pe
     a bound below the best full score so far (ties keep the lower index, as np.argmax does).
     """
     best: list[tuple[float, int] | None] = [None] * len(sets)  # (score, candidate index) per question
-    queues = []  # per question: candidates by descending first-token bound
-    for row, candidate_set in enumerate(sets):
-        bounds = [] if candidate_set is None else [float(state.log_probs[row, ids[0]]) for ids in candidate_set.token_ids]
-        queues.append(sorted(range(len(bounds)), key=lambda n: (-bounds[n], n)))
+    bounds = [[] if c is None else [float(state.log_probs[row, ids[0]]) for ids in c.token_ids]
+              for row, c in enumerate(sets)]  # per question and candidate: first-token log-probability
+    queues = [sorted(range(len(b)), key=lambda n, b=b: (-b[n], n)) for b in bounds]  # by descending bound
     positions = [0] * len(sets)
 
     def offer(row: int, number: int, score: float) -> None:
@@ -273,8 +272,7 @@ def best_candidates(lm, state: _PromptState, sets: list[CandidateSet | None], pe
             taken = 0
             while positions[row] < len(queues[row]) and taken < per_round:
                 number = queues[row][positions[row]]
-                ids = candidate_set.token_ids[number]
-                bound = float(state.log_probs[row, ids[0]])
+                ids, bound = candidate_set.token_ids[number], bounds[row][number]
                 if best[row] is not None and bound < best[row][0]:
                     positions[row] = len(queues[row])  # nothing left can win
                     break
@@ -289,7 +287,7 @@ def best_candidates(lm, state: _PromptState, sets: list[CandidateSet | None], pe
         for start in range(0, len(pending), 64):
             part = pending[start : start + 64]
             for (row, number, ids), extra in zip(part, _continuation_scores(lm, state, part)):
-                offer(row, number, float(state.log_probs[row, ids[0]]) + extra)
+                offer(row, number, bounds[row][number] + extra)
     return [None if b is None else b[1] for b in best]
 
 
