@@ -78,7 +78,30 @@ def test_tokenize_captions_keeps_record_structure_and_truncates():
         return [[vocab.setdefault(w, len(vocab)) for w in t.split()] for t in texts]
 
     ids = limber_data.tokenize_captions(tokenize, records, max_tokens=3)
-    assert ids == [[[0, 1], [2]], [[3, 4, 5]]]
+    assert list(ids) == [[[0, 1], [2]], [[3, 4, 5]]]
+    assert ids.counts().tolist() == [2, 1] and ids.num_captions == 3
+    assert ids[-1] == [[3, 4, 5]] and ids[0:1] == [[[0, 1], [2]]]
+    with pytest.raises(IndexError):
+        ids[2]
+
+
+def test_tokenize_captions_packs_batch_by_batch(monkeypatch):
+    """The tokenizer sees at most TOKENIZE_BATCH captions per call; the packing is the same as one call's."""
+    monkeypatch.setattr(limber_data, "TOKENIZE_BATCH", 3)
+    rng = np.random.default_rng(0)
+    records = [ImageTextRecord(id=str(i), image=b"", captions=[" ".join(["w"] * int(n)) for n in rng.integers(0, 6, size=i % 4)])
+               for i in range(40)]  # 0-3 captions of 0-5 words each (empty captions are dropped)
+    calls = []
+
+    def tokenize(texts):
+        calls.append(len(texts))
+        return [[70000 + len(t)] * len(t.split()) for t in texts]  # ids beyond int16, different per caption
+
+    packed = limber_data.tokenize_captions(tokenize, records, max_tokens=4)
+    expected = [[[70000 + len(c.strip())] * min(4, len(c.split())) for c in r.captions if c.strip()] for r in records]
+    assert list(packed) == expected
+    assert max(calls) <= 5 and sum(calls) == packed.num_captions  # a flush happens once >= 3 captions are pending
+    assert packed.ids.dtype == np.int32 and packed.ids.nbytes == 4 * sum(len(c) for r in expected for c in r)
 
 
 def test_make_batch_from_features_and_from_pixels():

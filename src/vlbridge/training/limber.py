@@ -203,7 +203,7 @@ class TrainingData:
     """Records, their caption token ids, and (unless tuning) their cached features."""
 
     records: list  # ImageTextRecord, in a fixed order
-    caption_ids: list[list[list[int]]]  # per record, per caption: token ids (no EOS)
+    caption_ids: limber_data.CaptionTokens  # per record, per caption: token ids (no EOS), packed
     features: torch.Tensor | None  # (N, D) / (N, T, D) on the device in memory mode; None when streamed or tuned
     stream: limber_data.ChunkedFeatures | None = None  # the features read from the store in stream mode
     mode: str = "pixels"  # "memory", "stream" or "pixels" (tuned encoder: images decoded every step)
@@ -253,7 +253,7 @@ def prepare_data(config: LimberTrainConfig, model, env: DistEnv) -> TrainingData
 
 
 def _log_sizes(data: TrainingData) -> TrainingData:
-    log.info("LiMBeR training data: %d images, %d captions", len(data.records), sum(len(c) for c in data.caption_ids))
+    log.info("LiMBeR training data: %d images, %d captions", len(data.records), data.caption_ids.num_captions)
     return data
 
 
@@ -378,7 +378,7 @@ class LimberTask(TrainTask):
         self.checkpointed = nn.ModuleDict(modules)  # what a checkpoint holds ("projector.*", "encoder.*")
         self.optimizer = build_optimizer(config, self.model)
         self.batcher = limber_data.CaptionBatcher(
-            [len(c) for c in self.data.caption_ids], config.batch_size, config.seed, env.rank, env.world_size
+            self.data.caption_ids.counts(), config.batch_size, config.seed, env.rank, env.world_size
         )
         if self.data.stream is not None:
             self.batcher.use_chunk_order(self.data.stream.groups(), config.data.shuffle_buffer_chunks)

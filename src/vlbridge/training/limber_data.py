@@ -3,7 +3,7 @@
 `load_caption_records(dataset, split, n, seed, image_size)` reads the training records of any
 dataset spec (`shapes`, `twemoji`, `jsonl:FILE`, `wds:...`) through the one resolver,
 `vlbridge.data.datasets.load_dataset`. `tokenize_captions` turns every
-caption of every record into token ids once. `CaptionBatcher` then decides, for every
+caption of every record into token ids once (packed: `CaptionTokens`). `CaptionBatcher` then decides, for every
 global step, which records form the batch and which of their captions is the target:
 
 - epoch e visits all records in the order `permutation(N)` of a numpy Generator seeded
@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
+from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,15 +90,73 @@ def dataset_cache_name(dataset: str, seed: int, image_size: int) -> str:
     return dataset
 
 
-def tokenize_captions(tokenize: Callable[[list[str]], list[list[int]]], records, max_tokens: int) -> list[list[list[int]]]:
-    """Token ids of every non-empty caption of every record (no EOS), truncated to `max_tokens`."""
-    texts = [[c.strip() for c in record.captions if c.strip()] for record in records]
-    flat = tokenize([text for caps in texts for text in caps])
-    out, start = [], 0
-    for caps in texts:
-        out.append([ids[:max_tokens] for ids in flat[start : start + len(caps)]])
-        start += len(caps)
-    return out
+TOKENIZE_BATCH = 4096  # captions per tokenizer call: the tokenizer's per-caption objects never outnumber this
+
+
+class CaptionTokens(Sequence):
+    """Token ids of every caption of every record, packed into one int32 array (see tokenize_captions).
+
+    `tokens[i]` is record i's captions as lists of ids, built on demand; held are only the ids
+    (4 bytes each) and two offset arrays, not a Python list per caption (~36 bytes per id).
+    """
+
+    def __init__(self, ids: np.ndarray, caption_starts: np.ndarray, record_starts: np.ndarray):
+        self.ids = ids  # (T,) int32: every caption's ids, back to back
+        self.caption_starts = caption_starts  # (C + 1,) int64: caption c is ids[caption_starts[c]:caption_starts[c + 1]]
+        self.record_starts = record_starts  # (R + 1,) int64: record r has captions record_starts[r] .. record_starts[r + 1] - 1
+
+    def __len__(self) -> int:
+        return len(self.record_starts) - 1
+
+    def __getitem__(self, record: int) -> list[list[int]]:
+        if isinstance(record, slice):
+            return [self[i] for i in range(*record.indices(len(self)))]
+        record = operator.index(record)
+        if record < 0:
+            record += len(self)
+        if not 0 <= record < len(self):
+            raise IndexError(f"record {record} out of range for {len(self)} records")
+        first, last = self.record_starts[record], self.record_starts[record + 1]
+        return [self.ids[self.caption_starts[c] : self.caption_starts[c + 1]].tolist() for c in range(first, last)]
+
+    def counts(self) -> np.ndarray:
+        """(R,) number of captions of each record."""
+        return np.diff(self.record_starts)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self.caption_starts) - 1
+
+
+def tokenize_captions(tokenize: Callable[[list[str]], list[list[int]]], records, max_tokens: int) -> CaptionTokens:
+    """Token ids of every non-empty caption of every record (no EOS), truncated to `max_tokens`.
+
+    Tokenized TOKENIZE_BATCH captions at a time and packed as they come, so memory grows by the
+    ids alone (a few hundred bytes per record), not by the tokenizer's objects for the whole set.
+    """
+    parts: list[np.ndarray] = []  # (t,) int32 packed ids of each tokenizer call
+    lengths = array("q")  # ids kept of every caption, in order
+    per_record = array("q")  # captions of every record
+    pending: list[str] = []
+
+    def flush() -> None:
+        rows = [row[:max_tokens] for row in tokenize(pending)]
+        lengths.extend(len(row) for row in rows)
+        parts.append(np.fromiter((i for row in rows for i in row), dtype=np.int32))
+        pending.clear()
+
+    for record in records:
+        captions = [caption.strip() for caption in record.captions if caption.strip()]
+        per_record.append(len(captions))
+        pending.extend(captions)
+        if len(pending) >= TOKENIZE_BATCH:
+            flush()
+    if pending:
+        flush()
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    caption_starts = np.concatenate([[0], np.cumsum(np.frombuffer(lengths, dtype=np.int64))]).astype(np.int64)
+    record_starts = np.concatenate([[0], np.cumsum(np.frombuffer(per_record, dtype=np.int64))]).astype(np.int64)
+    return CaptionTokens(ids, caption_starts, record_starts)
 
 
 def keep_readable_images(records: Sequence[ImageTextRecord]) -> list[ImageTextRecord]:
