@@ -25,8 +25,8 @@ configs/*.yml and image_prefix.py):
 - training: 15,000 steps, batch 256 (configs' batch_size; their launcher also set 8 gradient
   accumulation steps on 16 GPUs, 2048 images per step under HF Trainer's reading, which the
   paper does not state), AdamW lr 8e-4, betas 0.9 / 0.95, no weight decay,
-  gradient clipping 1.0, warmup 100 steps, dropout 0.1 on the image prefix (vlbridge applies
-  it to the features before the projector). The code decays the lr linearly over 300,000
+  gradient clipping 1.0, warmup 100 steps, dropout 0.1 on the projected image prefix (after
+  the linear map, as image_prefix.py). The code decays the lr linearly over 300,000
   steps, i.e. to 95% of the peak by step 15,000: `min_lr_ratio` 0.95 ends the cosine there.
   On fewer GPUs, `limber.train.grad_accum_steps=A` runs each process's share of the 256 as A
   micro-batches with the same update (e.g. 8 on one GPU: 32 sequences through GPT-J at a time).
