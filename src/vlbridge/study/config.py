@@ -99,7 +99,8 @@ class PaperPaths:
     lm: str = ""  # GPT-J 6B HF directory
     clip_rn50x16: str = ""  # OpenAI RN50x16 checkpoint file (grid features)
     clip_scorer: str = ""  # OpenAI ViT-B/32 checkpoint for CLIP-S / RefCLIP-S
-    beit_large: str = ""  # HF BeitModel directory (BEiT-large, self-supervised)
+    beit_large: str = ""  # HF BeitModel directory (BEiT-large pt22k, self-supervised)
+    beit_large_ft22k: str = ""  # HF directory of BEiT-large pt22k-ft22k (the same, then fine-tuned on 22k labels)
     nf_resnet50: str = ""  # timm nf_resnet50 weights file (ImageNet-supervised)
 
 

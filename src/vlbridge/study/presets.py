@@ -20,7 +20,14 @@ configs/*.yml and image_prefix.py):
   released nfrn50_4096_linear.yml sets 1: pass limber.train.num_prefix_tokens=1 for that).
 - BEiT-large pt22k (self-supervised): last_hidden_state without CLS, 14x14 = 196 tokens
   (`hf:...:grid`), as the code's BeitWrapper.
-- random baselines: the same architectures with random weights (random-clip, random-supervised).
+- random baselines: the same architectures with random weights (random-clip, random-supervised,
+  random-self-supervised: the code's configs/beit_random_linear.yml builds BeitModel from the
+  pt22k config without its weights).
+- "BEIT FT." (`beit-ft22k`): BEiT-large pt22k fine-tuned on ImageNet-22k labels
+  (microsoft/beit-large-patch16-224-pt22k-ft22k, configs/beit_ft_linear.yml), still frozen:
+  its 196 grid tokens like BEiT's. The paper's tuned NF-ResNet50 row (encoder trained with the
+  projector) is not in the preset: the study's stages train projectors on cached features
+  (`vlbridge train limber tune_encoder=true` trains it; docs/STUDY.md, fidelity table).
 - GPT-J 6B from paper.lm, weights in bfloat16 as the code loads it (fp32 in a CPU dry run).
 - training: 15,000 steps, batch 256 (configs' batch_size; their launcher also set 8 gradient
   accumulation steps on 16 GPUs, 2048 images per step under HF Trainer's reading, which the
@@ -57,7 +64,7 @@ PAPER_PRESET: dict[str, Any] = {
     "train_encoders": False,  # pretrained CLIP RN50x16, NF-ResNet50 and BEiT-large from disk
     "clip_table": {"datasets": []},  # the LiMBeR table only
     "limber": {
-        "twins": {"clip": "random-clip", "supervised": "random-supervised"},
+        "twins": {"clip": "random-clip", "supervised": "random-supervised", "self-supervised": "random-self-supervised"},
         "ladder": ["self-supervised", "supervised", "clip"],  # BEiT (none), NF-ResNet50 (labels), CLIP (captions)
         "ablations": False,
         "likelihood_set": "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test&n=1000",
@@ -70,6 +77,8 @@ PAPER_PRESET: dict[str, Any] = {
             "self-supervised": "hf:{paper.beit_large}:grid",  # 196 tokens of 1024
             "random-clip": "random:clip-grid:{paper.clip_rn50x16}",  # same architecture, random weights
             "random-supervised": f"random:timm:nf_resnet50:{NFRN50_PX}px",  # same architecture, random weights
+            "random-self-supervised": "random:hf:{paper.beit_large}:grid",  # configs/beit_random_linear.yml
+            "beit-ft22k": "hf:{paper.beit_large_ft22k}:grid",  # "BEIT FT.": frozen, configs/beit_ft_linear.yml
         },
         "train": {
             "lm": "{paper.lm}",
