@@ -59,6 +59,8 @@ def test_paper_preset_is_the_limber_recipe():
     assert config.limber.ladder == ["self-supervised", "supervised", "clip"]
     assert config.limber.clip_scorer == "{paper.clip_scorer}"
     assert config.limber.shots == [0, 1, 2, 4]
+    # the authors' VQA protocol (jmerullo/limber issue #2): "Q: ... A:" prompt, answers cut as MAGMA's
+    assert (config.limber.vqa_template, config.limber.vqa_truncate_answers) == ("Q: {question} A:", True)
 
 
 @pytest.mark.parametrize("name", ["quick", "default"])

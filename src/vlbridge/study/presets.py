@@ -37,13 +37,19 @@ configs/*.yml and image_prefix.py):
   steps, i.e. to 95% of the peak by step 15,000: `min_lr_ratio` 0.95 ends the cosine there.
   On fewer GPUs, `limber.train.grad_accum_steps=A` runs each process's share of the 256 as A
   micro-batches with the same update (e.g. 8 on one GPU: 32 sequences through GPT-J at a time).
+- VQA: the released code has no evaluation scripts; the first author's description (jmerullo/limber
+  issue #2) gives the prompt `<image> Q: {question} A:` and MAGMA's answer preprocessing (the
+  answer stripped, then cut to the word count of the longest ground-truth answer), scored with
+  the official VQA metric: `vqa_template` and `vqa_truncate_answers`.
+Every choice and every remaining deviation, with its source: docs/STUDY.md, "Fidelity to the
+paper's recipe".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vlbridge.evaluation.vqa import FROZEN_TEMPLATE
+from vlbridge.evaluation.vqa import QUESTION_TEMPLATE
 
 LADDER = ("random", "self-supervised", "labels", "clip")  # the supervision ladder, least language first
 LANGUAGE_SUPERVISION = {"random": "random", "self-supervised": "none", "labels": "labels", "clip": "captions"}
@@ -98,6 +104,8 @@ PAPER_PRESET: dict[str, Any] = {
         },
         "vqa_queries": VQAV2 + "&n=5000",  # seeded subset of VQAv2 val's 214k questions (each asked at 4 shot counts)
         "vqa_support": VQAV2,  # shots never show the query's own image (evaluation.vqa.choose_shots)
+        "vqa_template": QUESTION_TEMPLATE,  # "Q: {question} A:", the authors' VQA prompt (jmerullo/limber issue #2)
+        "vqa_truncate_answers": True,  # MAGMA's answer preprocessing, which the authors followed (same issue)
         "clip_scorer": "{paper.clip_scorer}",
     },
 }
