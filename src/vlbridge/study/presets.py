@@ -27,14 +27,16 @@ configs/*.yml and image_prefix.py):
   (microsoft/beit-large-patch16-224-pt22k-ft22k, configs/beit_ft_linear.yml), still frozen:
   its 196 grid tokens like BEiT's. The paper's tuned NF-ResNet50 row (encoder trained with the
   projector) is not in the preset: the study's stages train projectors on cached features
-  (`vlbridge train limber tune_encoder=true` trains it; docs/STUDY.md, fidelity table).
+  (`vlbridge train limber --tune-encoder optim.encoder_lr=2e-6` trains it; docs/STUDY.md, fidelity table).
 - GPT-J 6B from paper.lm, weights in bfloat16 as the code loads it (fp32 in a CPU dry run).
 - training: 15,000 steps, batch 256 (configs' batch_size; their launcher also set 8 gradient
   accumulation steps on 16 GPUs, 2048 images per step under HF Trainer's reading, which the
   paper does not state), AdamW lr 8e-4, betas 0.9 / 0.95, no weight decay,
   gradient clipping 1.0, warmup 100 steps, dropout 0.1 on the projected image prefix (after
-  the linear map, as image_prefix.py). The code decays the lr linearly over 300,000
-  steps, i.e. to 95% of the peak by step 15,000: `min_lr_ratio` 0.95 ends the cosine there.
+  the linear map, as image_prefix.py). hf_main.py's own scheduler decays the lr linearly
+  over 300,000 steps, i.e. to 95% of the peak by step 15,000: `min_lr_ratio` 0.95 ends the cosine
+  there. (Under DeepSpeed, as on the authors' 16 GPUs, the config's scheduler may instead have
+  decayed to 0 at step 15,000: `limber.train.optim.min_lr_ratio=0`; docs/STUDY.md has both readings.)
   On fewer GPUs, `limber.train.grad_accum_steps=A` runs each process's share of the 256 as A
   micro-batches with the same update (e.g. 8 on one GPU: 32 sequences through GPT-J at a time).
 - VQA: the released code has no evaluation scripts; the first author's description (jmerullo/limber
