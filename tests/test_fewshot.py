@@ -182,3 +182,28 @@ def test_shots_that_overflow_the_context_are_dropped_oldest_first(tiny_model, fe
         result = vqa.evaluate_vqa(tiny_model, QUERIES[:1], SUPPORT, vqa.VQAEvalConfig(shots=(4,), template=vqa.QUESTION_TEMPLATE),
                                   generation.GenerationConfig(max_new_tokens=5), features)
     assert re.search(r"VQA 4-shot: [1-4] solved example\(s\) dropped from 1 prompt\(s\)", caplog.text) and "4" in result
+
+
+def test_truncate_to_longest_answer_keeps_as_many_words_as_the_longest_human_answer():
+    answers = ["red", "dark red", "red", "a dark red one"]
+    assert fewshot.truncate_to_longest_answer("a dark red circle on the left", answers) == "a dark red circle"
+    assert fewshot.truncate_to_longest_answer("  red  ", ["red"] * 10) == "red"
+    assert fewshot.truncate_to_longest_answer("two red circles", ["2"] * 10) == "two"
+    assert fewshot.truncate_to_longest_answer("yes", ["no", "yes"]) == "yes"
+    assert fewshot.truncate_to_longest_answer("", ["no"]) == ""
+
+
+def test_truncate_answers_cuts_open_answers_before_scoring(tiny_model, features):
+    """LiMBeR's VQA answers follow MAGMA: stripped and cut to the longest human answer's word count
+    (jmerullo/limber issue #2); every query here has a 1- or 2-word answer."""
+    plain = evaluate_fewshot(tiny_model, QUERIES, SUPPORT, FewShotConfig(shots=(0, 1), max_new_tokens=6), features)
+    cut = evaluate_fewshot(tiny_model, QUERIES, SUPPORT, FewShotConfig(shots=(0, 1), max_new_tokens=6,
+                                                                        truncate_answers=True), features)
+    from vlbridge.evaluation.metrics.vqa_accuracy import item_accuracy
+
+    for shots in ("0", "1"):
+        for query, full, short in zip(QUERIES, plain[shots], cut[shots]):
+            words = len(query.answers[0].split())
+            assert short.open_answer == " ".join(full.open_answer.split()[:words])
+            assert short.open_accuracy == item_accuracy(short.open_answer, query.answers)
+    assert any(len(r.open_answer.split()) > len(q.answers[0].split()) for s in plain.values() for q, r in zip(QUERIES, s))

@@ -95,3 +95,21 @@ def test_unit_norm_feature_scale_sets_one_over_the_mean_norm_in_projector_and_co
     assert untouched.projector.input_scale == 1.0 and untouched.config.input_scale == 1.0
     with pytest.raises(UserError, match="feature_scale"):
         scale_features(untouched, features, "l2")
+
+
+@pytest.mark.parametrize("pooled, shape", [(True, (64, 16)), (False, (8, 8, 16))])
+def test_dropout_zeroes_prefix_entries_after_the_linear_map(pooled, shape):
+    """LiMBeR's image_embed_dropout acts on the projected prefix (jmerullo/limber image_prefix.py), so whole
+    output entries are zero; dropout on the input features would give W x' + b, never exactly 0."""
+    torch.manual_seed(0)
+    projector = LinearProjector(feature_dim=16, hidden_size=8, num_prefix_tokens=2, pooled=pooled, dropout=0.5)
+    torch.nn.init.normal_(projector.proj.bias)  # no output entry is 0 without dropout
+    features = torch.randn(*shape)
+    projector.eval()
+    kept = projector(features)
+    assert (kept == 0).sum() == 0
+    projector.train()
+    dropped = projector(features)
+    zero = dropped == 0
+    assert 0.35 < zero.float().mean() < 0.65
+    assert torch.allclose(dropped[~zero], kept[~zero] * 2.0)  # survivors scaled by 1 / (1 - p)

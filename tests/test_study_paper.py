@@ -24,7 +24,8 @@ from vlbridge.study.presets import PRESETS
 
 USED_PATHS = {  # every PaperPaths field the recipe reads (coco_annotations is not: Karpathy has the captions)
     "cc3m_shards", "coco_karpathy", "coco_images", "nocaps_json", "nocaps_images", "vqav2_questions",
-    "vqav2_annotations", "vqav2_images", "lm", "clip_rn50x16", "clip_scorer", "beit_large", "nf_resnet50",
+    "vqav2_annotations", "vqav2_images", "lm", "clip_rn50x16", "clip_scorer", "beit_large", "beit_large_ft22k",
+    "nf_resnet50",
 }
 
 
@@ -39,6 +40,8 @@ def test_paper_preset_is_the_limber_recipe():
         "self-supervised": "hf:{paper.beit_large}:grid",
         "random-clip": "random:clip-grid:{paper.clip_rn50x16}",
         "random-supervised": "random:timm:nf_resnet50:384px",
+        "random-self-supervised": "random:hf:{paper.beit_large}:grid",  # configs/beit_random_linear.yml
+        "beit-ft22k": "hf:{paper.beit_large_ft22k}:grid",  # "BEIT FT.": a frozen encoder, configs/beit_ft_linear.yml
     }
     train = config.limber.train
     assert (train.lm, train.lm_dtype, train.steps, train.batch_size, train.num_prefix_tokens, train.dropout) == (
@@ -51,10 +54,13 @@ def test_paper_preset_is_the_limber_recipe():
     assert list(config.limber.caption_sets) == ["coco", "nocaps"]  # only these, COCO first (the headline)
     assert config.limber.caption_sets["coco"] == "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test"
     assert config.limber.vqa_queries == presets.VQAV2 + "&n=5000" and config.limber.vqa_support == presets.VQAV2
-    assert config.limber.twins == {"clip": "random-clip", "supervised": "random-supervised"}
+    assert config.limber.twins == {"clip": "random-clip", "supervised": "random-supervised",
+                                   "self-supervised": "random-self-supervised"}
     assert config.limber.ladder == ["self-supervised", "supervised", "clip"]
     assert config.limber.clip_scorer == "{paper.clip_scorer}"
     assert config.limber.shots == [0, 1, 2, 4]
+    # the authors' VQA protocol (jmerullo/limber issue #2): "Q: ... A:" prompt, answers cut as MAGMA's
+    assert (config.limber.vqa_template, config.limber.vqa_truncate_answers) == ("Q: {question} A:", True)
 
 
 @pytest.mark.parametrize("name", ["quick", "default"])
@@ -143,7 +149,7 @@ def test_check_paths_names_unknown_placeholders(tmp_path):
 def test_cli_paper_preset_without_paths_exits_2_with_one_line(tmp_path, capsys):
     assert main(["study", "--preset", "paper", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vlbridge: error: the paper preset cannot find 13 of its local files")
+    assert err.startswith("vlbridge: error: the paper preset cannot find 14 of its local files")
     assert "\n" not in err
     assert not (tmp_path / "out").exists()
 
@@ -241,9 +247,13 @@ def test_standin_beit_nfresnet_and_gptj_load_through_the_registry_and_lm(standin
     from vlbridge.models.registry import build_encoder
 
     beit = build_encoder(f"hf:{standin_paths.beit_large}:grid")
+    beit_ft = build_encoder(f"hf:{standin_paths.beit_large_ft22k}:grid")  # a classification checkpoint's BeitModel
+    random_beit = build_encoder(f"random:hf:{standin_paths.beit_large}:grid")
     nf = build_encoder(f"timm:nf_resnet50@{standin_paths.nf_resnet50}:64px")
+    pixels = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        assert beit(torch.rand(2, 3, 32, 32)).shape == (2, 16, 32)  # 4x4 patches, CLS dropped
+        assert beit(pixels).shape == beit_ft(pixels).shape == random_beit(pixels).shape == (2, 16, 32)  # 4x4, no CLS
+        assert not torch.allclose(beit(pixels), beit_ft(pixels)) and not torch.allclose(beit(pixels), random_beit(pixels))
         assert nf(torch.rand(2, 3, 64, 64)).shape == (2, 2048)  # NF-ResNet50's pooled feature
     lm = FrozenLM.from_pretrained(standin_paths.lm)
     assert lm.model.config.model_type == "gptj" and lm.hidden_size == 64
@@ -261,7 +271,8 @@ def test_dry_run_runs_the_paper_recipe_end_to_end(tmp_path, capsys):
     verdict = capsys.readouterr().out.strip().splitlines()[-1]
     assert verdict.startswith("paper dry run passed in ")
     results = json.loads((out / "results.json").read_text())
-    encoders = ["clip", "supervised", "self-supervised", "random-clip", "random-supervised"]
+    encoders = ["clip", "supervised", "self-supervised", "random-clip", "random-supervised", "random-self-supervised",
+                "beit-ft22k"]
     assert results["config"]["preset"] == "paper" and results["config"]["cache_dir"] == ""  # no path recorded
     assert list(results["captioning"]) == encoders
     for encoder in encoders:

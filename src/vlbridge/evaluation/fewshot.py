@@ -16,7 +16,9 @@ every question of that set, so a question costs only its own tokens. From the lo
   `max_new_tokens`), first line stripped, exactly what `answer_questions` would generate for the
   full prompt (tested).
 
-Both are scored with the official VQA accuracy. The blind baseline uses the same demonstration
+With `truncate_answers` the open answer is then cut to as many words as the question's longest
+human answer has (MAGMA's preprocessing, which LiMBeR's authors say they followed: jmerullo/limber
+issue #2). Both are scored with the official VQA accuracy. The blind baseline uses the same demonstration
 lists and questions with every image segment removed. Everything is deterministic.
 """
 
@@ -52,6 +54,7 @@ class FewShotConfig:
     batch_size: int = 16  # questions run together over one demonstration cache
     max_new_tokens: int = 8  # open answers: greedy tokens at most
     vocabulary: dict[str, Sequence[str]] = field(default_factory=dict)  # answer type -> closed-set candidates
+    truncate_answers: bool = False  # cut open answers to the word count of the longest human answer (MAGMA / LiMBeR)
 
 
 @dataclass
@@ -60,7 +63,7 @@ class QuestionResult:
 
     question_id: str
     answer_type: str | None
-    open_answer: str  # greedy answer, first line stripped
+    open_answer: str  # greedy answer, first line stripped (and truncated when `truncate_answers`)
     closed_answer: str | None  # best-scored candidate (None when the type has no vocabulary)
     open_accuracy: float  # official VQA accuracy of open_answer
     closed_accuracy: float | None  # official VQA accuracy of closed_answer
@@ -180,6 +183,8 @@ def _answer_batch(model, demos: dict[int, torch.Tensor], demo_of_row: list[int],
     sets = [candidates.get(q.answer_type) for q in queries]
     closed = [None if c is None else c.answers[best] for c, best in zip(sets, best_candidates(lm, state, sets))]
     opened = _greedy(lm, state, config.max_new_tokens)
+    if config.truncate_answers:
+        opened = [truncate_to_longest_answer(answer, query.answers) for answer, query in zip(opened, queries)]
     rows = []
     for query, open_answer, closed_answer in zip(queries, opened, closed):
         rows.append(QuestionResult(
@@ -337,6 +342,12 @@ def _greedy(lm, state: _PromptState, max_new_tokens: int) -> list[str]:
                 generated[row].append(int(tokens[row]))
         done = done | torch.isin(tokens, stop)
     return [_first_line(lm, ids) for ids in generated]
+
+
+def truncate_to_longest_answer(answer: str, answers: Sequence[str]) -> str:
+    """`answer`'s first N whitespace-separated words, N = the word count of the longest of `answers`."""
+    longest = max((len(a.split()) for a in answers), default=0)
+    return " ".join(answer.split()[:longest]) if longest else answer.strip()
 
 
 def _first_line(lm, ids: list[int]) -> str:

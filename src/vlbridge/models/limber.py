@@ -74,7 +74,7 @@ class LimberConfig:
     lm: str = ""  # HF causal-LM directory ("" = the embedded SmolLM2-135M-Instruct)
     num_prefix_tokens: int = 4  # k soft-prompt vectors from pooled features (grid features give N)
     pooled: bool = True  # True: (B, D) features -> k tokens; False: (B, N, D) grid -> N tokens (from the encoder)
-    dropout: float = 0.0  # dropout on the image features before the projector
+    dropout: float = 0.0  # dropout on the projected prefix vectors (after the linear map, as LiMBeR)
     prompt: str = "A picture of"  # captioning prompt placed after the image prefix
     feature_dim: int = 0  # D, resolved from the encoder (0 = not resolved yet)
     hidden_size: int = 0  # H, resolved from the LM (0 = not resolved yet)

@@ -2,11 +2,13 @@
 
 Pooled features (B, D) become k soft-prompt vectors: Linear(D, k*H), reshaped to (B, k, H).
 Grid features (B, N, D) map token by token: Linear(D, H) on each of the N tokens -> (B, N, H).
-Nothing else is trainable (no LayerNorm, no bias tricks); an optional dropout on the input
-features is the one regulariser. `input_scale` is a fixed number the features are multiplied by
-first (set once from the training features by `feature_scale: unit-norm`): the map stays one
-linear map, but Adam's steps then move every encoder's prefix by comparable amounts. `vlbridge.models.limber` puts the output in front of the
-caption embeddings.
+Nothing else is trainable (no LayerNorm, no bias tricks); an optional dropout on the projected
+prefix vectors is the one regulariser (where the LiMBeR code applies image_embed_dropout_prob:
+after the linear map, image_prefix.py in github.com/jmerullo/limber). `input_scale` is a fixed
+number the features are multiplied by first (set once from the training features by
+`feature_scale: unit-norm`): the map stays one linear map, but Adam's steps then move every
+encoder's prefix by comparable amounts. `vlbridge.models.limber` puts the output in front of
+the caption embeddings.
 """
 
 from __future__ import annotations
@@ -56,8 +58,7 @@ class LinearProjector(nn.Module):
         features = features.to(self.proj.weight.dtype)
         if self.input_scale != 1.0:
             features = features * self.input_scale
-        features = self.dropout(features)
-        projected = self.proj(features)  # (B, k*H) or (B, N, H)
+        projected = self.dropout(self.proj(features))  # (B, k*H) or (B, N, H); dropout on the prefix, as LiMBeR
         if self.pooled:
             return projected.view(features.shape[0], self.num_prefix_tokens, self.hidden_size)  # (B, k, H)
         return projected  # (B, N, H)

@@ -78,6 +78,7 @@ class LimberStudyConfig:
     demo_sets: int = 5  # fixed demonstration lists per shot count (each question uses one)
     vqa_template: str = FROZEN_TEMPLATE  # VQA query text; a shot adds " {answer}\n"
     answer_tokens: int = 5  # open answers: greedy tokens at most (every answer here is 1-3 tokens + newline)
+    vqa_truncate_answers: bool = False  # cut open answers to the longest human answer's word count (paper preset)
     clip_scorer: str = "{scorer}"  # CLIP for CLIP-S / RefCLIP-S ({scorer}: see ScorerConfig)
     batch_size: int = 64  # prompts / images run together (each LM call streams all weights: big batches pay it less often)
     sample_images: int = 8  # images in the report's caption grid
@@ -99,7 +100,8 @@ class PaperPaths:
     lm: str = ""  # GPT-J 6B HF directory
     clip_rn50x16: str = ""  # OpenAI RN50x16 checkpoint file (grid features)
     clip_scorer: str = ""  # OpenAI ViT-B/32 checkpoint for CLIP-S / RefCLIP-S
-    beit_large: str = ""  # HF BeitModel directory (BEiT-large, self-supervised)
+    beit_large: str = ""  # HF BeitModel directory (BEiT-large pt22k, self-supervised)
+    beit_large_ft22k: str = ""  # HF directory of BEiT-large pt22k-ft22k (the same, then fine-tuned on 22k labels)
     nf_resnet50: str = ""  # timm nf_resnet50 weights file (ImageNet-supervised)
 
 

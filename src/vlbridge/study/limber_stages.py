@@ -173,7 +173,8 @@ def vqa_eval(model, config: StudyConfig, questions: list, support: list, seed: i
     vocabulary = dict(ANSWER_VOCABULARY) if limber.vqa_per_type else {}
     fewshot = FewShotConfig(shots=tuple(limber.shots), demo_sets=limber.demo_sets, seed=seed,
                             template=limber.vqa_template, blind=blind, batch_size=limber.batch_size,
-                            max_new_tokens=limber.answer_tokens, vocabulary=vocabulary)
+                            max_new_tokens=limber.answer_tokens, vocabulary=vocabulary,
+                            truncate_answers=limber.vqa_truncate_answers)
     results = evaluate_fewshot(model, questions, support, fewshot, features=features,
                                desc="vqa blind" if blind else "vqa")
     return {shots: [asdict(row) for row in rows] for shots, rows in results.items()}

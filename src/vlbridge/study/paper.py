@@ -47,6 +47,7 @@ PATH_KINDS = {  # PaperPaths field -> (what must be there, what it is)
     "clip_rn50x16": ("file", "OpenAI RN50x16.pt"),
     "clip_scorer": ("file", "OpenAI ViT-B-32.pt"),
     "beit_large": ("dir", "HF BEiT-large directory"),
+    "beit_large_ft22k": ("dir", "HF BEiT-large pt22k-ft22k directory"),
     "nf_resnet50": ("file", "timm nf_resnet50 weights"),
 }
 _PLACEHOLDER = re.compile(r"\{paper\.([^{}]*)\}")

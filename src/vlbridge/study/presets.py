@@ -20,23 +20,38 @@ configs/*.yml and image_prefix.py):
   released nfrn50_4096_linear.yml sets 1: pass limber.train.num_prefix_tokens=1 for that).
 - BEiT-large pt22k (self-supervised): last_hidden_state without CLS, 14x14 = 196 tokens
   (`hf:...:grid`), as the code's BeitWrapper.
-- random baselines: the same architectures with random weights (random-clip, random-supervised).
+- random baselines: the same architectures with random weights (random-clip, random-supervised,
+  random-self-supervised: the code's configs/beit_random_linear.yml builds BeitModel from the
+  pt22k config without its weights).
+- "BEIT FT." (`beit-ft22k`): BEiT-large pt22k fine-tuned on ImageNet-22k labels
+  (microsoft/beit-large-patch16-224-pt22k-ft22k, configs/beit_ft_linear.yml), still frozen:
+  its 196 grid tokens like BEiT's. The paper's tuned NF-ResNet50 row (encoder trained with the
+  projector) is not in the preset: the study's stages train projectors on cached features
+  (`vlbridge train limber --tune-encoder optim.encoder_lr=2e-6` trains it; docs/STUDY.md, fidelity table).
 - GPT-J 6B from paper.lm, weights in bfloat16 as the code loads it (fp32 in a CPU dry run).
 - training: 15,000 steps, batch 256 (configs' batch_size; their launcher also set 8 gradient
   accumulation steps on 16 GPUs, 2048 images per step under HF Trainer's reading, which the
   paper does not state), AdamW lr 8e-4, betas 0.9 / 0.95, no weight decay,
-  gradient clipping 1.0, warmup 100 steps, dropout 0.1 on the image prefix (vlbridge applies
-  it to the features before the projector). The code decays the lr linearly over 300,000
-  steps, i.e. to 95% of the peak by step 15,000: `min_lr_ratio` 0.95 ends the cosine there.
+  gradient clipping 1.0, warmup 100 steps, dropout 0.1 on the projected image prefix (after
+  the linear map, as image_prefix.py). hf_main.py's own scheduler decays the lr linearly
+  over 300,000 steps, i.e. to 95% of the peak by step 15,000: `min_lr_ratio` 0.95 ends the cosine
+  there. (Under DeepSpeed, as on the authors' 16 GPUs, the config's scheduler may instead have
+  decayed to 0 at step 15,000: `limber.train.optim.min_lr_ratio=0`; docs/STUDY.md has both readings.)
   On fewer GPUs, `limber.train.grad_accum_steps=A` runs each process's share of the 256 as A
   micro-batches with the same update (e.g. 8 on one GPU: 32 sequences through GPT-J at a time).
+- VQA: the released code has no evaluation scripts; the first author's description (jmerullo/limber
+  issue #2) gives the prompt `<image> Q: {question} A:` and MAGMA's answer preprocessing (the
+  answer stripped, then cut to the word count of the longest ground-truth answer), scored with
+  the official VQA metric: `vqa_template` and `vqa_truncate_answers`.
+Every choice and every remaining deviation, with its source: docs/STUDY.md, "Fidelity to the
+paper's recipe".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vlbridge.evaluation.vqa import FROZEN_TEMPLATE
+from vlbridge.evaluation.vqa import QUESTION_TEMPLATE
 
 LADDER = ("random", "self-supervised", "labels", "clip")  # the supervision ladder, least language first
 LANGUAGE_SUPERVISION = {"random": "random", "self-supervised": "none", "labels": "labels", "clip": "captions"}
@@ -57,7 +72,7 @@ PAPER_PRESET: dict[str, Any] = {
     "train_encoders": False,  # pretrained CLIP RN50x16, NF-ResNet50 and BEiT-large from disk
     "clip_table": {"datasets": []},  # the LiMBeR table only
     "limber": {
-        "twins": {"clip": "random-clip", "supervised": "random-supervised"},
+        "twins": {"clip": "random-clip", "supervised": "random-supervised", "self-supervised": "random-self-supervised"},
         "ladder": ["self-supervised", "supervised", "clip"],  # BEiT (none), NF-ResNet50 (labels), CLIP (captions)
         "ablations": False,
         "likelihood_set": "coco:{paper.coco_karpathy}?images={paper.coco_images}&split=test&n=1000",
@@ -70,6 +85,8 @@ PAPER_PRESET: dict[str, Any] = {
             "self-supervised": "hf:{paper.beit_large}:grid",  # 196 tokens of 1024
             "random-clip": "random:clip-grid:{paper.clip_rn50x16}",  # same architecture, random weights
             "random-supervised": f"random:timm:nf_resnet50:{NFRN50_PX}px",  # same architecture, random weights
+            "random-self-supervised": "random:hf:{paper.beit_large}:grid",  # configs/beit_random_linear.yml
+            "beit-ft22k": "hf:{paper.beit_large_ft22k}:grid",  # "BEIT FT.": frozen, configs/beit_ft_linear.yml
         },
         "train": {
             "lm": "{paper.lm}",
@@ -89,6 +106,8 @@ PAPER_PRESET: dict[str, Any] = {
         },
         "vqa_queries": VQAV2 + "&n=5000",  # seeded subset of VQAv2 val's 214k questions (each asked at 4 shot counts)
         "vqa_support": VQAV2,  # shots never show the query's own image (evaluation.vqa.choose_shots)
+        "vqa_template": QUESTION_TEMPLATE,  # "Q: {question} A:", the authors' VQA prompt (jmerullo/limber issue #2)
+        "vqa_truncate_answers": True,  # MAGMA's answer preprocessing, which the authors followed (same issue)
         "clip_scorer": "{paper.clip_scorer}",
     },
 }

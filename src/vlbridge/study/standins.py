@@ -32,6 +32,8 @@ What is written (under `root`), and what it mirrors:
                                   CLIP-S / RefCLIP-S scorer
     beit-large-patch16-224-pt22k/ BeitModel (2 layers, width 32, shared relative position bias,
                                   mask token, as the pt22k checkpoint) + BeitImageProcessor config
+    beit-large-patch16-224-pt22k-ft22k/  the same shape saved as BeitForImageClassification (as the
+                                  ft22k checkpoint: a labels head, no mask token), other weights
     nf_resnet50.safetensors       timm nf_resnet50 at full size with random weights (classifier
                                   included, as timm's released files hold it)
 
@@ -57,6 +59,7 @@ from vlbridge.study.config import PaperPaths
 log = logging.getLogger(__name__)
 
 STANDIN_SEED = 0  # every stand-in is a pure function of this seed
+BEIT_FT_LABELS = 7  # the ft22k stand-in's label head (the real one has 21,841 ImageNet-22k classes)
 IMAGE_SIZE = (96, 72)  # stand-in photos are landscape (W, H), as most COCO / CC3M images are
 N_CC3M = 16  # training pairs, written as two shards
 CC3M_SHARD_SIZE = 8  # samples per shard
@@ -254,19 +257,23 @@ def write_openai_torchscript(model: torch.nn.Module, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
-def write_beit(folder: Path) -> None:
-    """A tiny BeitModel shaped like BEiT-large pt22k, with its image processor config."""
-    from transformers import BeitConfig, BeitImageProcessor, BeitModel
+def write_beit(folder: Path, labels: int = 0, seed: int = STANDIN_SEED) -> None:
+    """A tiny BeitModel shaped like BEiT-large pt22k, with its image processor config.
+
+    `labels` > 0 writes a BeitForImageClassification with that many classes instead, as the
+    pt22k-ft22k checkpoint is saved (the encoder loads its BeitModel part).
+    """
+    from transformers import BeitConfig, BeitForImageClassification, BeitImageProcessor, BeitModel
 
     config = BeitConfig(
         image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, use_mask_token=True, use_absolute_position_embeddings=False,
+        intermediate_size=64, use_mask_token=not labels, use_absolute_position_embeddings=False,
         use_relative_position_bias=False, use_shared_relative_position_bias=True, layer_scale_init_value=0.1,
-        use_mean_pooling=True,
-    )  # BEiT-large pt22k: 224 px, patch 16, width 1024, 24 layers, 16 heads
+        use_mean_pooling=True, num_labels=max(labels, 2),
+    )  # BEiT-large pt22k: 224 px, patch 16, width 1024, 24 layers, 16 heads (ft22k: 21841 labels)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(STANDIN_SEED)
-        model = BeitModel(config).eval()
+        torch.manual_seed(seed)
+        model = (BeitForImageClassification(config) if labels else BeitModel(config)).eval()
     model.save_pretrained(str(folder))
     processor = BeitImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False,
                                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # pt22k's normalisation
@@ -304,6 +311,7 @@ def build_standins(root: str | Path) -> PaperPaths:
         clip_rn50x16=str(root / "RN50x16.pt"),
         clip_scorer=str(root / "ViT-B-32.pt"),
         beit_large=str(root / "beit-large-patch16-224-pt22k"),
+        beit_large_ft22k=str(root / "beit-large-patch16-224-pt22k-ft22k"),
         nf_resnet50=str(root / "nf_resnet50.safetensors"),
     )
     write_coco_karpathy(Path(paths.coco_karpathy), coco_images)
@@ -312,7 +320,8 @@ def build_standins(root: str | Path) -> PaperPaths:
     write_gptj(Path(paths.lm))
     write_openai_torchscript(openai_style_clip(RN_VISION, STANDIN_SEED + 3), Path(paths.clip_rn50x16))
     write_openai_torchscript(openai_style_clip(VIT_VISION, STANDIN_SEED + 4), Path(paths.clip_scorer))
-    write_beit(Path(paths.beit_large))
+    write_beit(Path(paths.beit_large), seed=STANDIN_SEED + 6)  # not the random twin's seed: the two rows differ
+    write_beit(Path(paths.beit_large_ft22k), labels=BEIT_FT_LABELS, seed=STANDIN_SEED + 5)
     write_nf_resnet50(Path(paths.nf_resnet50))
     log.info("paper stand-ins written to %s", root)
     return paths

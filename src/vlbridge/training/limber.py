@@ -128,7 +128,7 @@ class LimberTrainConfig(TrainConfig):
     lm_activation_checkpointing: bool = False  # recompute the frozen LM's layer activations in backward (less memory)
     lm_device_map: str = ""  # "": the whole LM on `device`; "auto" / "balanced": accelerate spreads it over devices
     num_prefix_tokens: int = 4  # k prefix vectors for pooled features (grid features give N)
-    dropout: float = 0.0  # dropout on the image features before the projector
+    dropout: float = 0.0  # dropout on the projected prefix vectors (after the linear map, as LiMBeR)
     projector_init: str = "embedding-scale"  # embedding-scale | caption-ridge | default (see training/projector_init.py)
     ridge: float = 1e-2  # caption-ridge: L2 strength, relative to the mean feature variance
     ridge_candidates: list[float] = field(default_factory=list)  # caption-ridge: >= 2 values: choose on held-out 20 %
@@ -371,7 +371,7 @@ class LimberTask(TrainTask):
         scale_features(self.model, sized_by, config.feature_scale)
         self.init_report = init_projector(self.model, sized_by, sized_captions, config)
         self.init_report["input_scale"] = self.model.projector.input_scale
-        self.model.projector.train(True)  # feature dropout (when configured) is on while training
+        self.model.projector.train(True)  # prefix dropout (when configured) is on while training
         if self.model.encoder is not None:
             self.model.encoder.eval()  # a tuned encoder trains in eval mode (module docstring)
         modules = {"projector": self.model.projector, **({"encoder": self.model.encoder} if config.tune_encoder else {})}
