@@ -118,3 +118,17 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """In a DataLoader worker: leave Ctrl-C / SIGTERM (sent to the whole process group) to the main process.
+
+    A trainer stops at the next step boundary with a checkpoint (training/stop_signals.py), and
+    an extraction keeps its finished chunks; a worker dying on the same signal would break the
+    batch the main process is waiting for. Workers end with the main process as always
+    (PyTorch shuts them down, or they see their parent die).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
