@@ -1,7 +1,7 @@
 """Benchmark: images/s of feature extraction with image decoding in 0, 1 and 2 DataLoader workers.
 
     .venv/bin/python bench/extract_decode.py [--n 256] [--size 1024] [--encoder random:timm:test_resnet:64px]
-                                             [--batch-size 32] [--workers 0 1 2] [--rounds 3] [--threads 1]
+                                             [--batch-size 32] [--workers 0 1 2] [--rounds 3] [--threads 1] [--wait-ms 0]
 
 Writes N JPEG photos-like images (random smooth colour fields, SIZE x 3/4 SIZE pixels, quality 90)
 into a temporary folder, then runs `extract_features` (the path `vlbridge extract` takes per chunk)
@@ -13,7 +13,9 @@ the load average (workers need idle cores: on a loaded machine they only add ove
 The default encoder is timm's tiny test_resnet at 64 px, randomly initialised: on a CPU it
 stands in for a GPU encoder, whose cost per image is small next to decoding a large JPEG (the
 case workers are for). With a real CPU encoder (--encoder random:efficientnet-lite0) the
-encoder dominates and workers change little.
+encoder dominates and workers change little. `--wait-ms W` makes every encoder call also wait W
+ms without using the CPU, as the encoding process does while a GPU computes: decoding in workers
+can overlap that wait even when no core is idle.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ def write_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+class Waiting:
+    """`encoder`, each call followed by a `seconds` sleep (a GPU's compute time, CPU left idle)."""
+
+    def __init__(self, encoder, seconds: float):
+        self.encoder, self.seconds = encoder, seconds
+        self.preprocess, self.device = encoder.preprocess, encoder.device
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:  # (b, 3, H, W) -> the encoder's (b, ...)
+        out = self.encoder(pixels)
+        time.sleep(self.seconds)
+        return out
+
+
 def measure(encoder, paths: list[Path], batch_size: int, workers: int) -> tuple[float, torch.Tensor]:
     """(images/s, features) of one extraction of `paths`."""
     started = time.perf_counter()
@@ -74,10 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts (default 0 1 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every setting; the median is printed (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the encoding process (default 1)")
+    parser.add_argument("--wait-ms", type=float, default=0.0, help="idle wait after each encoder call, a GPU stand-in (default 0)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = sorted(set([0, *args.workers]))
     encoder = build_encoder(args.encoder, device="cpu")
+    if args.wait_ms > 0:
+        encoder = Waiting(encoder, args.wait_ms / 1000)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_images(Path(tmp), args.n, args.size)
         measure(encoder, paths[: args.batch_size], args.batch_size, 0)  # warm-up: first-call costs out of the rounds
@@ -95,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                 rates[workers].append(rate)
     anchor = statistics.median(rates[0])
     print(f"extract_decode: {args.n} JPEGs {args.size}x{args.size * 3 // 4}, encoder {args.encoder}, batch {args.batch_size}, "
-          f"{args.threads} torch thread(s), median of {args.rounds} rounds, {os.cpu_count()} CPUs, "
+          f"{args.threads} torch thread(s), wait {args.wait_ms:g} ms per call, median of {args.rounds} rounds, {os.cpu_count()} CPUs, "
           f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
     print(f"  decoding alone:  {statistics.median(decoding):8.1f} images/s (open + preprocess, no encoder)")
     for workers in settings:
