@@ -125,12 +125,13 @@ def test_workers_ignore_stop_signals_stay_bounded_and_shut_down():
     assert not multiprocessing.active_children()  # ... and when the encoder failed half-way
 
 
-def test_default_workers_leave_a_core_to_each_rank(monkeypatch):
+def test_default_workers_leave_a_core_to_each_gpu_rank_and_none_on_a_cpu(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert [default_workers(1, cpus) for cpus in (1, 2, 4, 64)] == [0, 1, 3, 4]
-    assert default_workers(2, 4) == 1 and default_workers(8, 16) == 1
+    assert [default_workers(1, "cuda", cpus) for cpus in (1, 2, 4, 64)] == [0, 1, 3, 4]
+    assert default_workers(2, "cuda", 4) == 1 and default_workers(8, "cuda", 16) == 1
+    assert default_workers(1, "cpu", 64) == 0  # the encoder has the cores
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 8 ranks over two machines: 4 share these cores
-    assert default_workers(8, 16) == 3
+    assert default_workers(8, "cuda", 16) == 3
 
 
 def test_negative_workers_are_refused(capsys):

@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk-size", type=int, default=1024, help="records per cache chunk / resume unit (default 1024)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="processes per rank that decode and preprocess images while the encoder runs "
-                             "(default: this rank's share of the CPU cores less one, at most 4; 0: decode in the main process)")
+                             "(default on a GPU: this rank's share of the CPU cores less one, at most 4; "
+                             "on a CPU: 0, decode in the main process)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     parser.set_defaults(func=run)
 
@@ -78,11 +79,14 @@ def cache_dataset_name(dataset: str, seed: int, image_size: int) -> str:
 MAX_DEFAULT_WORKERS = 4  # decoding workers per rank unless --workers says otherwise
 
 
-def default_workers(world_size: int, cpus: int | None = None) -> int:
-    """Decoding workers per rank: the cores this machine's ranks share, less one for each rank's own
-    process, at most MAX_DEFAULT_WORKERS (0 when a rank has a single core)."""
+def default_workers(world_size: int, device_type: str, cpus: int | None = None) -> int:
+    """Decoding workers per rank: on a GPU, the cores this machine's ranks share, less one for each
+    rank's own process, at most MAX_DEFAULT_WORKERS (0 when a rank has a single core). On a CPU 0:
+    the encoder already uses the cores (docs/BENCHMARKS.md measured workers 3-13 % slower there)."""
     import os
 
+    if device_type == "cpu":
+        return 0
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))  # ranks on this machine
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         encoder = build_encoder(args.encoder, device=env.device)
         records = load_image_records(args.dataset, args.split, args.n, args.seed, args.image_size)
-        workers = default_workers(env.world_size) if args.workers is None else args.workers
+        workers = default_workers(env.world_size, env.device.type) if args.workers is None else args.workers
         store = FeatureStore(cache, chunk_size=args.chunk_size, workers=workers)
         name = cache_dataset_name(args.dataset, args.seed, args.image_size)
         result = store.extract(encoder, name, args.split, records, batch_size=args.batch_size, env=env, load=False)
