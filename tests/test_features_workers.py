@@ -120,9 +120,10 @@ def test_workers_ignore_stop_signals_stay_bounded_and_shut_down():
     assert not multiprocessing.active_children()  # shut down once the windows ran out
 
     assert extract_features(ProbeEncoder(), images, batch_size=2).features.flatten().tolist() == [0.0] * 60
-    with pytest.raises(RuntimeError, match="encoder failed"):
+    with pytest.raises(RuntimeError, match="encoder failed") as failure:
         extract_features(ProbeEncoder(fail_at=3), images, batch_size=2, workers=2)
-    assert not multiprocessing.active_children()  # ... and when the encoder failed half-way
+    assert failure.tb is not None  # the traceback (and the frames it holds) still alive ...
+    assert not multiprocessing.active_children()  # ... and the workers gone all the same
 
 
 def test_default_workers_leave_a_core_to_each_gpu_rank_and_none_on_a_cpu(monkeypatch):

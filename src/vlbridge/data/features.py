@@ -41,6 +41,7 @@ encoded once. Images that cannot be decoded are skipped, counted, and left out o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -314,8 +315,16 @@ def extract_features(
     device = torch.device(encoder.device)
     kept: list[int] = []
     skipped: dict[str, str] = {}
+    with contextlib.closing(decoded_windows(encoder.preprocess, images, batch_size, workers)) as windows:
+        outputs = _encode_windows(windows, forward, device, mixed_precision, ids, kept, skipped, skips, bar)
+    features = torch.cat(outputs) if outputs else torch.zeros(_empty_shape(encoder))
+    return ExtractedFeatures(features, kept, [ids[i] for i in kept], skipped)
+
+
+def _encode_windows(windows, forward, device, mixed_precision, ids, kept, skipped, skips, bar) -> list[torch.Tensor]:
+    """Run `forward` on each window's decoded pixels; fill kept / skipped; the outputs, (b, ...) each."""
     outputs: list[torch.Tensor] = []
-    for window in decoded_windows(encoder.preprocess, images, batch_size, workers):
+    for window in windows:
         pixels = []
         for position, item in window:
             if isinstance(item, str):  # BadImage's reason
@@ -331,8 +340,7 @@ def extract_features(
             outputs.append(out.float().cpu())
         if bar is not None:
             bar.update(len(window))
-    features = torch.cat(outputs) if outputs else torch.zeros(_empty_shape(encoder))
-    return ExtractedFeatures(features, kept, [ids[i] for i in kept], skipped)
+    return outputs
 
 
 PREFETCH_WINDOWS = 2  # windows each worker decodes ahead: at most workers x 2 windows of pixels in flight
@@ -365,7 +373,8 @@ def decoded_windows(preprocess: Callable, images: Sequence[ImageRef], batch_size
 
     Workers ignore Ctrl-C / SIGTERM (the main process decides when to stop) and each decodes at
     most PREFETCH_WINDOWS windows ahead, so memory stays a few windows of pixels. They are shut
-    down when the windows run out or the caller stops early (an error in the encoder included).
+    down when the windows run out or the generator is closed (`extract_features` closes it when
+    the encoder fails half-way).
     """
     dataset = _DecodeImages(preprocess, images)
     if workers < 1 or not images:
