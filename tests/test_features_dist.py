@@ -1,6 +1,6 @@
 """Two-process extraction (`vlbridge extract` under a torchrun-style environment, gloo on CPU,
-started with torch.multiprocessing.spawn) equals a one-process extraction, and each chunk is
-encoded by exactly one rank."""
+started with torch.multiprocessing.spawn, images decoded in a DataLoader worker per rank) equals
+a one-process extraction decoding in its main process, and each chunk is encoded by exactly one rank."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_two_process_extraction_equals_one_process(tmp_path):
     spec = f"timm:test_resnet@{weights}:32px"
     argv = ["extract", "--encoder", spec, "--dataset", "shapes", "--split", "train", "--n", "10",
             "--image-size", "32", "--cache", str(tmp_path / "ddp"), "--chunk-size", "3", "--batch-size", "2",
-            "--device", "cpu"]
+            "--device", "cpu", "--workers", "1"]  # each rank decodes in a worker; the one-process store below does not
     mp.spawn(_extract_worker, args=(free_port(), argv, str(tmp_path)), nprocs=2, join=True)
 
     outputs = [(tmp_path / f"rank{r}.txt").read_text().split("\n", 2) for r in (0, 1)]

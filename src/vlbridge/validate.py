@@ -27,7 +27,7 @@ SIZE_ARGUMENTS = (  # CLI arguments (argparse dest) that are whole numbers >= 1 
     "batch_size", "shard_size", "chunk_size", "part_size", "n", "n_train", "n_images", "steps", "beams",
     "max_new_tokens", "k", "c_steps", "max_iter", "max_batch",
 )
-NON_NEGATIVE_ARGUMENTS = ("shots", "refine_per_decade", "batch_window_ms")  # whole numbers (or ms) >= 0
+NON_NEGATIVE_ARGUMENTS = ("shots", "refine_per_decade", "batch_window_ms", "workers")  # whole numbers (or ms) >= 0
 POSITIVE_NUMBER_ARGUMENTS = ("c_min", "c_max", "temperature", "max_request_mb")  # finite numbers > 0
 FINITE_ARGUMENTS = ("length_penalty",)  # any finite number
 FRACTION_ARGUMENTS = ("val_fraction",)  # numbers in (0, 1); --top-p / --top-m / --threads keep their own checks

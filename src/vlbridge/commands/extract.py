@@ -6,7 +6,8 @@ many were computed, reused and skipped. Under `torchrun` every rank encodes its 
 chunks. The cache entries are the ones `vlbridge train limber` reads (same dataset naming,
 same default cache folder), so extracting ahead of training is never wasted. Features are never
 loaded back (memory: one chunk, whatever the dataset's size); chunks already on disk are
-checked against their checksums and recomputed when damaged.
+checked against their checksums and recomputed when damaged. Each rank decodes and preprocesses
+its images in `--workers` DataLoader worker processes while its encoder runs.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, default=64, metavar="PX", help="shapes-world image side (default 64)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="records per cache chunk / resume unit (default 1024)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="processes per rank that decode and preprocess images while the encoder runs "
+                             "(default on a GPU: this rank's share of the CPU cores less one, at most 4; "
+                             "on a CPU: 0, decode in the main process)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     parser.set_defaults(func=run)
 
@@ -71,6 +76,23 @@ def cache_dataset_name(dataset: str, seed: int, image_size: int) -> str:
     return dataset_cache_name(dataset, seed, image_size)
 
 
+MAX_DEFAULT_WORKERS = 4  # decoding workers per rank unless --workers says otherwise
+
+
+def default_workers(world_size: int, device_type: str, cpus: int | None = None) -> int:
+    """Decoding workers per rank: on a GPU, the cores this machine's ranks share, less one for each
+    rank's own process, at most MAX_DEFAULT_WORKERS (0 when a rank has a single core). On a CPU 0:
+    the encoder already uses the cores (docs/BENCHMARKS.md measured workers 3-13 % slower there)."""
+    import os
+
+    if device_type == "cpu":
+        return 0
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))  # ranks on this machine
+    return max(0, min(MAX_DEFAULT_WORKERS, cpus // max(1, local) - 1))
+
+
 def run(args: argparse.Namespace) -> int:
     from vlbridge.data.features import FeatureStore, default_feature_root
     from vlbridge.io import check_writable_dir
@@ -84,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         encoder = build_encoder(args.encoder, device=env.device)
         records = load_image_records(args.dataset, args.split, args.n, args.seed, args.image_size)
-        store = FeatureStore(cache, chunk_size=args.chunk_size)
+        workers = default_workers(env.world_size, env.device.type) if args.workers is None else args.workers
+        store = FeatureStore(cache, chunk_size=args.chunk_size, workers=workers)
         name = cache_dataset_name(args.dataset, args.seed, args.image_size)
         result = store.extract(encoder, name, args.split, records, batch_size=args.batch_size, env=env, load=False)
     finally:

@@ -21,7 +21,10 @@ Every stage is cached by the hash of its inputs: a rerun only redoes what change
 Presets: quick (a smoke test, about 3 min on 2 CPU cores), default (`make demo`, about 15 min),
 full (3 seeds, larger samples, an independent CLIP-S scorer; about an hour), paper (real-scale
 data and weights from the local paths in a config file; add --dry-run to validate the recipe on
-tiny stand-ins of the same formats and architectures)."""
+tiny stand-ins of the same formats and architectures).
+Under torchrun (torchrun --nproc_per_node N -m vlbridge study ...) the LiMBeR projectors train
+over the N processes; every other stage runs on the first while the rest wait, and only the
+first writes the cache, the manifest and the report."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,21 +42,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vlbridge.runtime import cleanup, init_distributed
     from vlbridge.study.config import load_study_config
-    from vlbridge.study.runner import run_study
 
     overrides = list(args.overrides) + ([f"cache_dir={args.cache}"] if args.cache else [])
+    config = load_study_config("paper" if args.dry_run else args.preset, args.config, overrides)
+    env = init_distributed(config.device)  # under torchrun: join the ranks (every rank runs the study)
+    try:
+        return run_in(args, config, overrides, env)
+    finally:
+        cleanup(env)
+
+
+def run_in(args: argparse.Namespace, config, overrides: list[str], env) -> int:
+    """The study (or the paper dry run) on this rank; rank 0 prints the findings."""
+    from vlbridge.study.runner import run_study
+
     if args.dry_run:
         from vlbridge.study.paper import dry_run
 
-        return dry_run(args.out, args.config, overrides, force=args.force)
-    config = load_study_config(args.preset, args.config, overrides)
+        return dry_run(args.out, args.config, overrides, force=args.force, env=env)
     if args.preset == "paper":
         from vlbridge.study.paper import check_paths
 
         check_paths(config)
-    results = run_study(config, args.out, force=args.force)
-    print_summary(results)
+    results = run_study(config, args.out, force=args.force, env=env)
+    if env.is_main:
+        print_summary(results)
     return 0
 
 

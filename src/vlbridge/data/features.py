@@ -10,7 +10,10 @@ CPU) and returns the features of the images that decoded with their positions an
 image feature in vlbridge comes from it: the FeatureStore (LiMBeR training, `vlbridge extract`,
 the study, `vlbridge eval`), `ClipBundle.embed_images` and CLIP-S. It takes any object with
 `.preprocess`, `.device` and a call (an `ImageEncoder`), or `forward=` for another entry point
-(a CLIP's `encode_image`), so this layer never imports a model.
+(a CLIP's `encode_image`), so this layer never imports a model. With `workers` > 0 (the
+FeatureStore's `workers`, `vlbridge extract --workers`) images are opened and preprocessed by
+that many DataLoader worker processes, a few windows ahead, while this process encodes: same
+features, order and skips as decoding in this process.
 
 Cache key = (encoder.encoder_id - kind, architecture, mode and a hash of architecture +
 weights -, encoder.preprocess_id, dataset name, split, the ordered record ids, storage dtype).
@@ -38,6 +41,7 @@ encoded once. Images that cannot be decoded are skipped, counted, and left out o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -55,7 +59,7 @@ from vlbridge.data.records import BadImage, ImageRef, SkipCounter, open_image
 from vlbridge.data.feature_chunks import DamagedChunk, StoredFeatures, chunk_path, load_chunk, save_chunk
 from vlbridge.errors import UserError
 from vlbridge.io import atomic_write_json
-from vlbridge.runtime import DistEnv, autocast, barrier, gather_objects
+from vlbridge.runtime import DistEnv, autocast, barrier, gather_objects, ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +97,13 @@ def default_feature_root() -> Path:
 class FeatureStore:
     """Disk cache of encoder features, keyed by encoder / preprocessing / dataset / split / ids."""
 
-    def __init__(self, root: str | Path, chunk_size: int = 1024, dtype: torch.dtype = torch.float32):
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    def __init__(self, root: str | Path, chunk_size: int = 1024, dtype: torch.dtype = torch.float32, workers: int = 0):
+        if chunk_size < 1 or workers < 0:
+            raise ValueError(f"chunk_size must be >= 1 and workers >= 0, got {chunk_size} and {workers}")
         self.root = Path(root)  # folder holding one sub-folder per key
         self.chunk_size = chunk_size  # records per chunk file (the resume granularity)
         self.dtype = dtype  # storage dtype of the features (float32; float16 halves disk use)
+        self.workers = workers  # DataLoader processes decoding images for each chunk (0: in this process)
         self.last_stats: ExtractionStats | None = None  # stats of the latest get_or_extract call
 
     # ----------------------------------------------------------------------------------- keys
@@ -233,7 +238,7 @@ class FeatureStore:
             for chunk in todo:
                 part = records[chunk * chunk_size : (chunk + 1) * chunk_size]
                 out = extract_features(encoder, [r.image for r in part], [_record_id(r) for r in part], batch_size,
-                                       skips, bar=bar)
+                                       skips, bar=bar, workers=self.workers)
                 features = out.features.to(self.dtype)
                 save_chunk(_chunk_path(folder, chunk), out.ids, features, out.skipped)
                 written[chunk] = _chunk_info(out.ids, features, out.skipped)
@@ -294,6 +299,7 @@ def extract_features(
     mixed_precision: bool = True,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     bar=None,
+    workers: int = 0,
 ) -> ExtractedFeatures:
     """The one pixel -> feature path: open each image (undecodable ones are skipped and counted),
     preprocess, run `forward` (default: the encoder itself) on batches under autocast, gather on CPU.
@@ -301,32 +307,89 @@ def extract_features(
     Batches are windows of `batch_size` images given, less the skipped ones. `mixed_precision`:
     bf16 autocast on CUDA (a no-op on CPU). `ids` name the images in `skipped` and `ids`
     (default: their positions); `bar` (a tqdm) advances by the images of each window.
+    `workers` > 0 opens and preprocesses the windows in that many DataLoader worker processes
+    (`decoded_windows`); the features, their order and the skips are the same as with 0.
     """
     ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
     forward = encoder if forward is None else forward
     device = torch.device(encoder.device)
     kept: list[int] = []
     skipped: dict[str, str] = {}
+    with contextlib.closing(decoded_windows(encoder.preprocess, images, batch_size, workers)) as windows:
+        outputs = _encode_windows(windows, forward, device, mixed_precision, ids, kept, skipped, skips, bar)
+    features = torch.cat(outputs) if outputs else torch.zeros(_empty_shape(encoder))
+    return ExtractedFeatures(features, kept, [ids[i] for i in kept], skipped)
+
+
+def _encode_windows(windows, forward, device, mixed_precision, ids, kept, skipped, skips, bar) -> list[torch.Tensor]:
+    """Run `forward` on each window's decoded pixels; fill kept / skipped; the outputs, (b, ...) each."""
     outputs: list[torch.Tensor] = []
-    for start in range(0, len(images), batch_size):
+    for window in windows:
         pixels = []
-        for position in range(start, min(start + batch_size, len(images))):
-            try:
-                pixels.append(encoder.preprocess(open_image(images[position])))
-            except BadImage as err:
-                skipped[ids[position]] = str(err)
+        for position, item in window:
+            if isinstance(item, str):  # BadImage's reason
+                skipped[ids[position]] = item
                 if skips is not None:
                     skips.skip(BAD_IMAGE_REASON, ids[position])
                 continue
+            pixels.append(item)
             kept.append(position)
         if pixels:
             with autocast(device, enabled=mixed_precision):
                 out = forward(torch.stack(pixels).to(device))  # (b, D) or (b, N, D)
             outputs.append(out.float().cpu())
         if bar is not None:
-            bar.update(min(batch_size, len(images) - start))
-    features = torch.cat(outputs) if outputs else torch.zeros(_empty_shape(encoder))
-    return ExtractedFeatures(features, kept, [ids[i] for i in kept], skipped)
+            bar.update(len(window))
+    return outputs
+
+
+PREFETCH_WINDOWS = 2  # windows each worker decodes ahead: at most workers x 2 windows of pixels in flight
+
+
+class _DecodeImages(torch.utils.data.Dataset):
+    """Position -> (position, preprocessed pixels) or (position, reason) when the image does not decode."""
+
+    def __init__(self, preprocess: Callable, images: Sequence[ImageRef]):
+        self.preprocess = preprocess  # PIL RGB image -> (3, H, W) tensor
+        self.images = images  # the references, opened only here
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return position, self.preprocess(open_image(self.images[position]))
+        except BadImage as err:
+            return position, str(err)
+
+
+def _keep_window(window: list) -> list:
+    """Collate: a window stays a list of (position, pixels or reason); the caller stacks the kept pixels."""
+    return window
+
+
+def decoded_windows(preprocess: Callable, images: Sequence[ImageRef], batch_size: int, workers: int = 0):
+    """Windows of `batch_size` decoded images in order; with `workers` > 0 decoded by DataLoader workers.
+
+    Workers ignore Ctrl-C / SIGTERM (the main process decides when to stop) and each decodes at
+    most PREFETCH_WINDOWS windows ahead, so memory stays a few windows of pixels. They are shut
+    down when the windows run out or the generator is closed (`extract_features` closes it when
+    the encoder fails half-way).
+    """
+    dataset = _DecodeImages(preprocess, images)
+    if workers < 1 or not images:
+        for start in range(0, len(images), batch_size):
+            yield [dataset[p] for p in range(start, min(start + batch_size, len(images)))]
+        return
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=min(workers, math.ceil(len(images) / batch_size)),
+        collate_fn=_keep_window, prefetch_factor=PREFETCH_WINDOWS, worker_init_fn=ignore_stop_signals,
+    )
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        iterator._shutdown_workers()  # now, not whenever the iterator is collected
 
 
 def _empty_shape(encoder) -> tuple[int, ...]:

@@ -14,6 +14,11 @@ one and a killed builder's leftovers are never renamed into place: whoever takes
 deletes them (while the lock is held no one else builds that stage, so every other temporary
 folder of that key belongs to a builder that died). The lock files stay (tiny, hidden):
 removing one while another process waits on it would let two builders in.
+
+Under torchrun (`run(..., env=)`) only rank 0 touches locks, `DONE` and the rename; the other
+ranks receive rank 0's decision and temporary folder, so no two ranks write one file and no rank
+waits on a lock another rank of the same job holds. The cache folder must be one all ranks see
+(one machine, or a shared file system).
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from vlbridge import __version__
+
+if TYPE_CHECKING:
+    from vlbridge.runtime import DistEnv
 
 try:
     import fcntl
@@ -71,36 +79,75 @@ class StageCache:
         self.root = Path(root)  # cache root folder
         self.force = force  # recompute every stage even when cached
 
-    def run(self, name: str, key: str, build: Callable[[Path], None]) -> StageResult:
+    def run(self, name: str, key: str, build: Callable[[Path], None], env: DistEnv | None = None,
+            group=None) -> StageResult:
         """Return the cached output of (name, key), calling build(tmp_dir) first if needed.
 
         With `force`, the stage is rebuilt unless another process finished building it while
         this call waited for the lock (then that fresh build is reused).
+
+        With `env` (a torchrun world), every rank calls this and `build` runs on every rank (a
+        DDP training that writes from rank 0): rank 0 alone takes the lock, decides whether to
+        build and makes the temporary folder, whose path every rank receives (`group`: the
+        collectives' process group); rank 0 installs the folder once every rank's build returned.
         """
+        ranks = env is not None and env.distributed  # every rank of a torchrun world builds
+        main = not ranks or env.is_main
+        final = self.root / name / key
+        with self._claim(name, key) if main else contextlib.nullcontext() as tmp:
+            tmp = _from_rank0(tmp, env, group) if ranks else tmp
+            if tmp is None:
+                return StageResult(name, key, final, reused=True, seconds=0.0)
+            start = time.perf_counter()
+            try:
+                build(tmp)
+                _wait_for_ranks(env, group, ranks)  # every rank's part of the build is written
+                if main:
+                    (tmp / DONE).write_text(key)
+                    _install(tmp, final)
+            except BaseException:
+                if main:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        _wait_for_ranks(env, group, ranks)  # the stage is in place before any rank reads it
+        return StageResult(name, key, final, reused=False, seconds=time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def _claim(self, name: str, key: str) -> Iterator[Path | None]:
+        """With the stage's lock held: a fresh temporary folder to build (name, key) in, or None when
+        the stage is done (and not forced, or rebuilt by another process while this one waited)."""
         folder = self.root / name
         final = folder / key
         done_before = _identity(final / DONE)
         if done_before is not None and not self.force:
             log.info("stage %s: reusing cached result %s", name, final)
-            return StageResult(name, key, final, reused=True, seconds=0.0)
+            yield None
+            return
         folder.mkdir(parents=True, exist_ok=True)
         with _exclusive(folder / f".{key}.lock", name):
             done_now = _identity(final / DONE)
             if done_now is not None and (not self.force or done_now != done_before):
                 log.info("stage %s: another process built it while this one waited; reusing %s", name, final)
-                return StageResult(name, key, final, reused=True, seconds=0.0)
+                yield None
+                return
             _remove_leftovers(folder, key)
             tmp = folder / f".{key}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
             tmp.mkdir()
-            start = time.perf_counter()
-            try:
-                build(tmp)
-                (tmp / DONE).write_text(key)
-                _install(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        return StageResult(name, key, final, reused=False, seconds=time.perf_counter() - start)
+            yield tmp
+
+
+def _from_rank0(value, env: DistEnv, group):
+    """Rank 0's `value` on every rank (torch is imported only by runs under torchrun)."""
+    from vlbridge.runtime import broadcast_object
+
+    return broadcast_object(value, env, group)
+
+
+def _wait_for_ranks(env: DistEnv | None, group, ranks: bool) -> None:
+    if ranks:
+        from vlbridge.runtime import barrier
+
+        barrier(env, group)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -30,7 +30,7 @@ from vlbridge.data.features import FeatureStore
 from vlbridge.data.objects_text import ANSWER_VOCABULARY, word_class
 from vlbridge.io import atomic_write_json
 from vlbridge.models.limber import load_trained_limber
-from vlbridge.runtime import resolve_device
+from vlbridge.runtime import DistEnv, resolve_device
 from vlbridge.study.config import StudyConfig
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,11 @@ VARIANTS = ("trained", "closed-form", "plain")  # projector variants: the study'
 
 # ------------------------------------------------------------------------------------ projectors
 def build_projector(config: StudyConfig, spec: str, store: FeatureStore, seed: int, folder: Path,
-                    variant: str = "trained", fill=lambda s: s) -> None:
-    """Train (or, for "closed-form", only initialise) one projector for encoder `spec`."""
+                    variant: str = "trained", fill=lambda s: s, env: DistEnv | None = None) -> None:
+    """Train (or, for "closed-form", only initialise) one projector for encoder `spec`.
+
+    `env`: under torchrun every rank calls this (DDP training over the ranks); rank 0 writes.
+    """
     from vlbridge.training.limber import initial_projector, train_limber
 
     train = config.limber.train
@@ -49,7 +52,12 @@ def build_projector(config: StudyConfig, spec: str, store: FeatureStore, seed: i
     train_config = replace(train, encoder=spec, seed=seed, device=config.device, data=data, lm=fill(train.lm))
     if variant == "plain":
         train_config = replace(train_config, projector_init="default")
-    result = initial_projector(train_config, folder) if variant == "closed-form" else train_limber(train_config, folder)
+    if variant == "closed-form":
+        result = initial_projector(train_config, folder, env=env)
+    else:
+        result = train_limber(train_config, folder, env=env)
+    if env is not None and not env.is_main:
+        return
     final_loss = result.final_loss if result.steps else None  # the closed form alone has no training loss
     atomic_write_json(folder / "losses.json", {"steps": result.steps, "final_loss": final_loss,
                                                "losses": result.losses, "init": result.init_report,

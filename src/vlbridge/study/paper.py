@@ -29,7 +29,7 @@ from vlbridge.config import merge, parse_overrides, read_mapping, to_dict
 from vlbridge.errors import BadInputError, UserError
 from vlbridge.study.config import PaperPaths, StudyConfig, load_study_config
 from vlbridge.study.presets import DRY_RUN_NFRN50_PX, DRY_RUN_SIZES, NFRN50_PX
-from vlbridge.runtime import resolve_device
+from vlbridge.runtime import DistEnv, barrier, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,18 @@ def write_paths_config(paths: PaperPaths, path: Path) -> Path:
     return path
 
 
+def _standins_on_main(out_dir: Path, env: DistEnv) -> Path:
+    """Rank 0 writes the stand-ins and their paths config; every rank gets the config's path after it."""
+    from vlbridge.study.standins import build_standins
+
+    paths_file = out_dir / "standins" / "paper-paths.yaml"
+    if env.is_main:
+        print(f"[dry-run] writing tiny stand-ins of the paper's data and models to {out_dir / 'standins'} ...")
+        write_paths_config(build_standins(out_dir / "standins"), paths_file)
+    barrier(env)
+    return paths_file
+
+
 def dry_run_config(paths_file: Path, out_dir: Path, config_path: str | None, overrides: list[str]) -> StudyConfig:
     """Preset, the user's file, the stand-in paths, tiny sizes, then the user's key=value overrides."""
     config = load_study_config("paper", config_path, [])
@@ -160,27 +172,31 @@ def missing_results(results: dict, config: StudyConfig, out_dir: Path) -> list[s
     return missing
 
 
-def dry_run(out_dir: str | Path, config_path: str | None, overrides: list[str] | None, force: bool = False) -> int:
-    """Run the paper recipe end to end on tiny stand-ins in out_dir; print a one-line verdict; 0 if it passed."""
+def dry_run(out_dir: str | Path, config_path: str | None, overrides: list[str] | None, force: bool = False,
+            env: DistEnv | None = None) -> int:
+    """Run the paper recipe end to end on tiny stand-ins in out_dir; print a one-line verdict; 0 if it passed.
+
+    `env`: under torchrun every rank calls this; rank 0 writes the stand-ins and prints.
+    """
     from vlbridge.study.runner import run_study
-    from vlbridge.study.standins import build_standins
 
     out_dir = Path(out_dir)
+    env = env or DistEnv()
     started = time.perf_counter()
-    print(f"[dry-run] writing tiny stand-ins of the paper's data and models to {out_dir / 'standins'} ...")
-    paths = build_standins(out_dir / "standins")
-    paths_file = write_paths_config(paths, out_dir / "standins" / "paper-paths.yaml")
+    paths_file = _standins_on_main(out_dir, env)
     config = dry_run_config(paths_file, out_dir, config_path, list(overrides or []))
     check_paths(config)
     threads = torch.get_num_threads()
     if resolve_device(config.device).type == "cpu":
         torch.set_num_threads(1)  # tiny models: one thread beats two that spin-wait on a shared 2-core machine
     try:
-        results = run_study(config, out_dir, force=force)
+        results = run_study(config, out_dir, force=force, env=env if env.distributed else None)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
     missing = missing_results(results, config, out_dir)
+    if not env.is_main:
+        return 1 if missing else 0
     if missing:
         print(f"paper dry run FAILED after {seconds:.0f}s: no {', '.join(missing)} in {out_dir}")
         return 1

@@ -12,6 +12,13 @@ then `measure.assemble` turns the stage outputs into results.json (findings with
 tables, sizes, encoders, environment) and `report.write_report` writes report.md / .html.
 Keys are made from config sections and upstream keys, never from paths, and results.json holds
 no path, so two runs with separate caches give the same results.json apart from timing_s.
+
+Under torchrun (`env` a world of N) every rank runs this same sequence of stages. The projector
+stages train with every rank (DDP, as `torchrun -m vlbridge train limber`: each rank takes its
+share of the global batch); every other stage runs on rank 0 alone, inside `runtime.local_world()`
+so its trainers and feature extraction see a world of one, while the other ranks wait for its
+result in a gloo group with a long timeout (`runtime.waiting_group`). Only rank 0 takes the stage
+locks and writes into the stage cache, the manifest and the report; every rank returns the results.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 
 from vlbridge.config import to_dict
 from vlbridge.data.features import FeatureStore
+from vlbridge.runtime import DistEnv, broadcast_object, local_world, resolve_device, waiting_group
 from vlbridge.study import clip_stages, limber_stages, measure
 from vlbridge.study.cache import StageCache, StageResult, content_key
 from vlbridge.study.config import StudyConfig
@@ -42,22 +50,42 @@ def default_cache_dir() -> Path:
 class StudyRun:
     """Runs the stages in order and remembers what each one took."""
 
-    def __init__(self, config: StudyConfig, force: bool = False, announce=print):
+    def __init__(self, config: StudyConfig, force: bool = False, announce=print, env: DistEnv | None = None):
         self.config = config  # resolved study config
         root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         self.cache = StageCache(root, force=force)  # content-hashed stage outputs
         self.store = FeatureStore(root / "features")  # encoder features shared by all stages
         self.timing: dict[str, float] = {}  # stage -> seconds spent in this run
-        self.announce = announce  # prints one line per stage (the CLI passes print)
+        self.env = env or DistEnv(device=resolve_device(config.device))  # this rank (a world of one without torchrun)
+        self.announce = announce if self.env.is_main else _silent  # one line per stage, from rank 0
+        self.group = waiting_group(self.env)  # where ranks wait for rank 0's stages (None: one process)
 
-    def stage(self, name: str, key: str, build) -> StageResult:
+    def stage(self, name: str, key: str, build, distributed: bool = False) -> StageResult:
+        """Stage `name` from the cache or `build`; `distributed`: every rank builds (DDP), else rank 0 alone."""
         self.announce(f"[study] {name} ...")
         started = time.perf_counter()
-        result = self.cache.run(name.split("@")[0], key, build)
+        if distributed:
+            result = self.cache.run(name.split("@")[0], key, build, self.env, self.group)
+        else:
+            result = self.on_main(lambda: self.cache.run(name.split("@")[0], key, build))
         self.timing[name] = time.perf_counter() - started
         state = "cached" if result.reused else "done"
         self.announce(f"[study] {name}: {state} in {self.timing[name]:.1f}s")
         return result
+
+    def on_main(self, work):
+        """`work()` on rank 0 alone, seeing a world of one; its return value on every rank."""
+        if not self.env.distributed:
+            return work()
+        value = None
+        if self.env.is_main:
+            with local_world():
+                value = work()
+        return broadcast_object(value, self.env, self.group)
+
+
+def _silent(_line: str) -> None:
+    """The announce of ranks other than 0: the stage lines are printed once."""
 
 
 @dataclass
@@ -74,17 +102,27 @@ class SeedOutputs:
     baselines: dict = field(default_factory=dict)  # eval.json of the no-image baselines
 
 
-def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, announce=print) -> dict:
-    """Run every stage of every seed (reusing cached ones), write the report into out_dir, return results."""
-    run = StudyRun(config, force, announce)
+def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, announce=print,
+              env: DistEnv | None = None) -> dict:
+    """Run every stage of every seed (reusing cached ones), write the report into out_dir, return results.
+
+    `env`: this rank under torchrun (every rank calls run_study; rank 0 writes the report and
+    the manifest, every rank returns the results).
+    """
+    run = StudyRun(config, force, announce, env)
     seeds = [config.seed + i for i in range(config.n_seeds)]
     outputs = [run_seed(run, config, seed, tag=f"@{seed}" if config.n_seeds > 1 else "") for seed in seeds]
+    return run.on_main(lambda: _finish(run, config, outputs, out_dir))
+
+
+def _finish(run: StudyRun, config: StudyConfig, outputs: list[SeedOutputs], out_dir: str | Path) -> dict:
+    """results.json, report.md / .html and the manifest (rank 0); the results."""
     results = measure.assemble(config, outputs, run.timing)
     paths = write_report(results, out_dir, _extras(config, outputs[0]))
     first = outputs[0]
     write_manifest(run.cache.root, config, out_dir, first.folders.get("clip"),
                    {key: path for key, path in first.projectors.items() if ":" not in key})
-    announce(f"[study] report: {paths['html']} (markdown: {paths['markdown']}, numbers: {paths['results']})")
+    run.announce(f"[study] report: {paths['html']} (markdown: {paths['markdown']}, numbers: {paths['results']})")
     return results
 
 
@@ -117,7 +155,7 @@ def run_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> SeedOut
         out.clip_table = json.loads((stage.path / "table.json").read_text())
     limber = config.limber
     eval_config = {k: v for k, v in to_dict(limber).items() if k not in ("train", "encoders", "twins")}
-    scorer = _clip_scorer(filled(limber.clip_scorer), config) if limber.clip_scorer else None
+    scorer = _clip_scorer(filled(limber.clip_scorer), config) if limber.clip_scorer and run.env.is_main else None
     scorer_key = depends(limber.clip_scorer) if limber.clip_scorer else None
     variants = [(key, "trained") for key in limber.encoders]
     if limber.ablations and limber.clip_key in limber.encoders:
@@ -128,7 +166,8 @@ def run_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> SeedOut
         projector_key = content_key("projector", template, depends(template), to_dict(limber.train), variant, seed, paper)
         projector = run.stage(f"projector/{name}{tag}", projector_key,
                               lambda d, t=template, v=variant: limber_stages.build_projector(
-                                  config, filled(t), run.store, seed, d, v, filled))
+                                  config, filled(t), run.store, seed, d, v, filled, run.env),
+                              distributed=True)
         out.projectors[name] = projector.path
         out.projector_info[name] = json.loads((projector.path / "losses.json").read_text())
         nll_only = variant != "trained"
@@ -174,7 +213,6 @@ def read_manifest(preset: str = "default", cache_dir: str | Path | None = None) 
 
 def _clip_scorer(spec: str, config: StudyConfig):
     from vlbridge.models.clip_loading import load_clip
-    from vlbridge.runtime import resolve_device
 
     return load_clip(spec, device=resolve_device(config.device))
 

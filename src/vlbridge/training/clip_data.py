@@ -36,6 +36,7 @@ from vlbridge.data import datasets
 from vlbridge.data.query_filter import filter_by_query_words
 from vlbridge.data.records import MAX_IMAGE_PIXELS, BadImage, ImageTextRecord, SkipCounter, open_image
 from vlbridge.errors import AssetMissingError, UserError
+from vlbridge.runtime import ignore_stop_signals
 from vlbridge.training.clip_augment import FastCropNormalize
 
 log = logging.getLogger(__name__)
@@ -291,19 +292,6 @@ def map_style_batches(dataset: PairDataset, sampler: StepSampler, workers: int) 
         worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
     yield from loader
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """In a loader worker: leave Ctrl-C / SIGTERM (sent to the whole process group) to the training process.
-
-    The trainer stops at the next step boundary with a checkpoint (training/stop_signals.py); a
-    worker dying on the same signal would break the batch that step is waiting for. Workers end
-    with the training process as always (PyTorch shuts them down, or they see their parent die).
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------------------------ streams

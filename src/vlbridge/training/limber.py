@@ -466,12 +466,14 @@ def train_limber(
                                     init_report=task.init_report)
 
 
-def initial_projector(config: LimberTrainConfig, out_dir: str | Path) -> LimberTrainResult:
-    """The projector as `projector_init` starts it, saved untrained (the closed-form-only ablation)."""
+def initial_projector(config: LimberTrainConfig, out_dir: str | Path, env: DistEnv | None = None) -> LimberTrainResult:
+    """The projector as `projector_init` starts it, saved untrained by rank 0 (the closed-form-only ablation)."""
     validate(config)
-    env = init_distributed(config.device)
+    env = env or init_distributed(config.device)
     task = LimberTask(config, Path(out_dir), env)
-    model_dir = save_model(task.model, False, Path(out_dir))
+    model_dir = Path(out_dir) / "model"
+    if env.is_main:
+        save_model(task.model, False, Path(out_dir))
     return LimberTrainResult(run_dir=Path(out_dir), steps=0, start_step=0, final_loss=float("nan"), losses=[],
                              samples_per_second=0.0, seconds=0.0, model_dir=model_dir, model=task.model.eval(),
                              init_report=task.init_report)
