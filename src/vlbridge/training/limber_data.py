@@ -334,7 +334,7 @@ class ChunkedFeatures:
         for record in record_indices:
             chunk = self.cache.get(int(self.chunk_of_records[record]))
             out.append(chunk[int(self.offset_in_chunk[record])])
-        return torch.stack(out).clone()  # a copy: the batch never pins a cached chunk
+        return torch.stack(out)  # stack copies: the batch never pins a cached chunk
 
     def iter_chunks(self):
         """(record indices, (n, ...) features) per store chunk, one chunk in memory at a time (not cached)."""
