@@ -8,23 +8,15 @@ import multiprocessing
 import signal
 
 import pytest
-import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from vlbridge.cli import main
 from vlbridge.commands.extract import cache_dataset_name, default_workers, load_image_records
 from vlbridge.data.features import PREFETCH_WINDOWS, FeatureStore, extract_features
 from vlbridge.models.registry import build_encoder
 
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("w") / "test_resnet.safetensors"
-    save_file(timm.create_model("test_resnet", pretrained=False).state_dict(), str(path))
-    return path
+from test_features import weights  # noqa: F401 (a fixture)
 
 
 def folder_with_bad_files(root) -> None:
