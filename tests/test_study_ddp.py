@@ -21,6 +21,7 @@ from helpers import free_port
 
 import vlbridge
 from vlbridge.cli import main
+from vlbridge.study.presets import PAPER_PRESET
 
 SRC = str(Path(vlbridge.__file__).resolve().parents[1])  # the vlbridge the ranks must import: this one
 
@@ -98,9 +99,9 @@ def test_paper_dry_run_passes_under_torchrun(tmp_path):
     verdicts = [line for line in done.stdout.splitlines() if line.startswith("paper dry run")]
     assert len(verdicts) == 1 and verdicts[0].startswith("paper dry run passed in ")  # printed by rank 0 alone
     assert done.stdout.count("[study] projector/clip ...") == 1
-    assert done.stderr.count("LiMBeR training data:") == 2 * 5  # each projector trained on both ranks
+    encoders = list(PAPER_PRESET["limber"]["encoders"])  # the preset's rows, in its order
+    assert done.stderr.count("LiMBeR training data:") == 2 * len(encoders)  # each projector trained on both ranks
     results = json.loads((out / "results.json").read_text())
-    encoders = ["clip", "supervised", "self-supervised", "random-clip", "random-supervised"]
     assert list(results["captioning"]) == encoders and list(results["vqa"]) == [*encoders, "blind"]
     for encoder in encoders:  # one projector per encoder, trained by both ranks, installed once
         (stage,) = [p for p in (cache / "projector" / encoder).iterdir() if not p.name.startswith(".")]
