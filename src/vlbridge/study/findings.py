@@ -110,7 +110,7 @@ def c1_zero_shot_vs_probe(m: Measurements) -> dict:
     gap = _accuracy_gap(m.zero_shot["clean"], m.probes[m.clip_key]["clean"], m.image_groups)
     return finding("C1", "Zero-shot CLIP is competitive with a linear probe on the same features (in domain).",
                    f"zero-shot top-1 minus linear-probe top-1 on CLIP's own features, held-out in-domain images; "
-                   f"competitive = within {C1_MARGIN:.0%} of the probe",
+                   f"competitive = at most {100 * C1_MARGIN:g} accuracy points below the probe",
                    [Part("zero-shot minus probe", gap, -C1_MARGIN)])
 
 
