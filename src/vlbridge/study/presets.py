@@ -140,7 +140,7 @@ def _ladder(steps: int, batch: int, shapes: int, objects: int, eval_n: int) -> d
 # The default ladder: 320 steps x 256 images (81,920 pairs, the compute of 160 x 512). Measured on
 # the CLIP rung alone (docs/STUDY.md, "Stability"), twice the updates at half the batch took the
 # training-time zero-shot check from 83.1 / 49.4 / 57.1 % (seeds 0 / 1 / 2, 160 x 512) to
-# 76.2 % (seed 1) and 88.8 % (seed 2): a batch of 512 in a 52-class world holds ~10 pictures of
+# 90.4 / 76.2 / 88.8 % (one run each): a batch of 512 in a 52-class world holds ~10 pictures of
 # each class, all false negatives to each other, and 160 updates left the slow seeds mid-descent.
 LADDER_STEPS, LADDER_BATCH = 320, 256
 

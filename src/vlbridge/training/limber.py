@@ -430,6 +430,9 @@ def check_data_position(saved: dict | None, now: dict) -> None:
              now["order"])
 
 
+MODEL_DIR = "model"  # the finished, deployable model inside a run folder (save_model writes it)
+
+
 def save_model(model: Limber, tuned_encoder: bool, run_dir: Path) -> Path:
     """Write the deployable model (projector + config; tuned encoder weights too) as run_dir/model, whole.
 
@@ -438,7 +441,7 @@ def save_model(model: Limber, tuned_encoder: bool, run_dir: Path) -> Path:
     """
     from vlbridge.io import atomic_dir, atomic_save_safetensors
 
-    model_dir = run_dir / "model"
+    model_dir = run_dir / MODEL_DIR
     with atomic_dir(model_dir) as staging:
         model.save(staging)
         if tuned_encoder:
@@ -462,7 +465,7 @@ def train_limber(
     env = env or init_distributed(config.device)
     task = LimberTask(config, Path(out_dir), env)
     result = run_training(task, config, out_dir, env, resume, on_step)
-    return LimberTrainResult.extend(result, model_dir=Path(out_dir) / "model", model=task.model.eval(),
+    return LimberTrainResult.extend(result, model_dir=Path(out_dir) / MODEL_DIR, model=task.model.eval(),
                                     init_report=task.init_report)
 
 
@@ -471,7 +474,7 @@ def initial_projector(config: LimberTrainConfig, out_dir: str | Path, env: DistE
     validate(config)
     env = env or init_distributed(config.device)
     task = LimberTask(config, Path(out_dir), env)
-    model_dir = Path(out_dir) / "model"
+    model_dir = Path(out_dir) / MODEL_DIR
     if env.is_main:
         save_model(task.model, False, Path(out_dir))
     return LimberTrainResult(run_dir=Path(out_dir), steps=0, start_step=0, final_loss=float("nan"), losses=[],

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import operator
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -109,14 +108,10 @@ class CaptionTokens(Sequence):
         return len(self.record_starts) - 1
 
     def __getitem__(self, record: int) -> list[list[int]]:
-        if isinstance(record, slice):
-            return [self[i] for i in range(*record.indices(len(self)))]
-        record = operator.index(record)
-        if record < 0:
-            record += len(self)
-        if not 0 <= record < len(self):
-            raise IndexError(f"record {record} out of range for {len(self)} records")
-        first, last = self.record_starts[record], self.record_starts[record + 1]
+        position = range(len(self))[record]  # negatives, slices and IndexError as a list has them
+        if isinstance(position, range):
+            return [self[i] for i in position]
+        first, last = self.record_starts[position], self.record_starts[position + 1]
         return [self.ids[self.caption_starts[c] : self.caption_starts[c + 1]].tolist() for c in range(first, last)]
 
     def counts(self) -> np.ndarray:
@@ -154,9 +149,12 @@ def tokenize_captions(tokenize: Callable[[list[str]], list[list[int]]], records,
     if pending:
         flush()
     ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    caption_starts = np.concatenate([[0], np.cumsum(np.frombuffer(lengths, dtype=np.int64))]).astype(np.int64)
-    record_starts = np.concatenate([[0], np.cumsum(np.frombuffer(per_record, dtype=np.int64))]).astype(np.int64)
-    return CaptionTokens(ids, caption_starts, record_starts)
+    return CaptionTokens(ids, _starts(lengths), _starts(per_record))
+
+
+def _starts(counts: array) -> np.ndarray:
+    """(n + 1,) int64 offsets of n consecutive runs of `counts` items: 0, c0, c0 + c1, ..."""
+    return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(np.frombuffer(counts, dtype=np.int64))])
 
 
 def keep_readable_images(records: Sequence[ImageTextRecord]) -> list[ImageTextRecord]:
