@@ -100,28 +100,19 @@ def sklearn_top1_at(c, x, y, x_test, y_test, config):
         return float((sklearn_model(c, config).fit(x, y).predict(x_test) == y_test).mean())
 
 
-def mean_form_gradient(coef, intercept, x, y, c) -> float:
-    """Largest |gradient| of the mean-form objective (linear_probe's module docstring) at (coef, intercept).
+def objective_and_gradient(coef, intercept, x, y, c) -> tuple[float, float]:
+    """(mean-form objective, its largest |gradient|) at (coef, intercept), in float64 (autograd).
 
-    The tolerance both solvers are given applies to this; a fit far above it stopped for another
-    reason (scikit-learn's lbfgs also stops when the loss falls by less than 64 machine epsilons).
+    The objective is linear_probe's module docstring's; the tolerance both solvers are given
+    applies to that gradient, so a fit far above it stopped for another reason (scikit-learn's
+    lbfgs also stops when the loss falls by less than 64 machine epsilons).
     """
-    weight = torch.as_tensor(coef, dtype=torch.float64)  # (K, D)
-    bias = torch.as_tensor(intercept, dtype=torch.float64)  # (K,)
-    features = torch.as_tensor(x, dtype=torch.float64)  # (N, D)
-    residual = torch.softmax(features @ weight.T + bias, dim=1)  # (N, K)
-    residual[torch.arange(len(y)), torch.as_tensor(y)] -= 1.0
-    grad_w = residual.T @ features / len(y) + weight / (c * len(y))  # (K, D)
-    grad_b = residual.mean(dim=0)  # (K,)
-    return max(float(grad_w.abs().max()), float(grad_b.abs().max()))
-
-
-def objective(coef, intercept, x, y, c) -> float:
-    """The mean-form objective at (coef, intercept), in float64."""
-    weight = torch.as_tensor(coef, dtype=torch.float64)
-    logits = torch.as_tensor(x, dtype=torch.float64) @ weight.T + torch.as_tensor(intercept, dtype=torch.float64)
-    loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y))
-    return float(loss + weight.pow(2).sum() / (2 * c * len(y)))
+    weight = torch.tensor(np.asarray(coef), dtype=torch.float64, requires_grad=True)  # (K, D)
+    bias = torch.tensor(np.asarray(intercept), dtype=torch.float64, requires_grad=True)  # (K,)
+    logits = torch.as_tensor(x, dtype=torch.float64) @ weight.T + bias  # (N, K)
+    loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y)) + weight.pow(2).sum() / (2 * c * len(y))
+    loss.backward()
+    return float(loss.detach()), max(float(weight.grad.abs().max()), float(bias.grad.abs().max()))
 
 
 UNCONVERGED = 10.0  # a fit whose final gradient exceeds this many tolerances counts as stopped early
@@ -130,14 +121,13 @@ UNCONVERGED = 10.0  # a fit whose final gradient exceeds this many tolerances co
 def run_sklearn(x, y, x_test, y_test, num_classes, config):
     """The same protocol with LogisticRegression(solver="lbfgs") as the fitter, cold starts, on float64 features.
 
-    Returns (test top-1, chosen C, fits in the search, fits that stopped early (gradient above
-    UNCONVERGED tolerances), the final fitted model).
+    Returns (test top-1, chosen C, the search's [(C, fitted model)], the final fitted model);
+    `stopped_early` checks the search's fits outside the timed call.
     """
     from sklearn.metrics import log_loss
 
     x, x_test = x.astype(np.float64), x_test.astype(np.float64)  # see SKLEARN_DTYPE
-    train_idx, val_idx = (idx.numpy() for idx in stratified_split(torch.from_numpy(y), config.val_fraction, config.seed))
-    x_fit, y_fit, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+    x_fit, y_fit, x_val, y_val = sklearn_fit_val(x, y, config)
     fitted_models = []
 
     def evaluate(c):
@@ -151,17 +141,28 @@ def run_sklearn(x, y, x_test, y_test, num_classes, config):
         sweep = search_c(evaluate, config)
         chosen = best_row(sweep)["C"]
         final = sklearn_model(chosen, config).fit(np.concatenate([x_fit, x_val]), np.concatenate([y_fit, y_val]))
-    early = sum(mean_form_gradient(m.coef_, m.intercept_, x_fit, y_fit, c) > UNCONVERGED * config.tolerance
-                for c, m in fitted_models)  # untimed in spirit: a few matrix products per fit
-    return float((final.predict(x_test) == y_test).mean()), chosen, len(sweep), early, final
+    return float((final.predict(x_test) == y_test).mean()), chosen, fitted_models, final
+
+
+def sklearn_fit_val(x, y, config):
+    """(x_fit, y_fit, x_val, y_val): the stratified validation split both sides search C on."""
+    train_idx, val_idx = (idx.numpy() for idx in stratified_split(torch.from_numpy(y), config.val_fraction, config.seed))
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
+def stopped_early(fitted_models, x, y, config) -> int:
+    """How many of the search's scikit-learn fits end with a gradient above UNCONVERGED tolerances."""
+    x_fit, y_fit, _, _ = sklearn_fit_val(x.astype(np.float64), y, config)
+    return sum(objective_and_gradient(m.coef_, m.intercept_, x_fit, y_fit, c)[1] > UNCONVERGED * config.tolerance
+               for c, m in fitted_models)
 
 
 def at_reference_c(c, sk_final, x, y, x_test, y_test, num_classes, config):
     """Both solvers at scikit-learn's chosen C on all of x: (vlbridge top-1, objective vl, objective sk, |grad| sk)."""
     probe = fit_probe(torch.from_numpy(x), torch.from_numpy(y), num_classes, c, config)
     top1 = float((probe.predict(torch.from_numpy(x_test)).numpy() == y_test).mean())
-    return (top1, objective(probe.weight, probe.bias, x, y, c), objective(sk_final.coef_, sk_final.intercept_, x, y, c),
-            mean_form_gradient(sk_final.coef_, sk_final.intercept_, x, y, c))
+    sk_objective, sk_gradient = objective_and_gradient(sk_final.coef_, sk_final.intercept_, x, y, c)
+    return top1, objective_and_gradient(probe.weight, probe.bias, x, y, c)[0], sk_objective, sk_gradient
 
 
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
@@ -204,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | top-1 {100 * ours[0]:.2f}, C {ours[1]:.3g}", flush=True)
             continue
         ref_wall, ref_cpu, ref = timed(run_sklearn, x, y, x_test, y_test, num_classes, config)
+        early = stopped_early(ref[2], x, y, config)  # untimed
         same_c = sklearn_top1_at(ours[1], x, y, x_test, y_test, config)
-        at_ref = at_reference_c(ref[1], ref[4], x, y, x_test, y_test, num_classes, config)
-        print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) / {ref[2]:>3} ({ref[3]:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | "
+        at_ref = at_reference_c(ref[1], ref[3], x, y, x_test, y_test, num_classes, config)
+        print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) / {len(ref[2]):>3} ({early:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | "
               f"{ref_wall:7.1f} ({ref_cpu:6.1f}) | {ref_wall / ours_wall:5.1f}x ({ref_cpu / ours_cpu:5.1f}x) | "
               f"{100 * ours[0]:6.2f} / {100 * ref[0]:6.2f} | {ours[1]:7.3g} / {ref[1]:7.3g} | {100 * same_c:10.2f} | "
               f"{100 * at_ref[0]:17.2f} | {at_ref[1]:9.4g} / {at_ref[2]:9.4g} | {at_ref[3]:9.2g}", flush=True)
