@@ -218,7 +218,7 @@ def test_report_opens_with_findings_and_shows_intervals(tmp_path):
 
 # ------------------------------------------------------------------------------------ end to end
 def _without_timing(results: dict) -> dict:
-    return {k: v for k, v in results.items() if k != "timing_s"}
+    return {k: v for k, v in results.items() if k not in ("timing_s", "wall_s")}
 
 
 @pytest.mark.slow
@@ -250,3 +250,30 @@ def test_quick_study_twice_from_fresh_caches_gives_the_same_results_then_reruns_
     manifest = read_manifest("quick", cache)  # what `vlbridge serve --demo` finds the models through
     assert manifest["out_dir"] == str(out.resolve()) and Path(manifest["clip"]).is_dir()
     assert (Path(manifest["projectors"]["clip"]) / "model").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_stages_side_by_side_give_what_stages_in_order_give_at_the_same_thread_count(tmp_path):
+    """A stage built in a forked worker (schedule.py) writes what the in-order run writes with one
+    thread: the scheduling changes timing only."""
+    import torch
+
+    before = torch.get_num_threads()
+    runs = {}
+    for workers in (2, 1):
+        out, cache = tmp_path / str(workers) / "report", tmp_path / str(workers) / "cache"
+        torch.set_num_threads(1)  # what each worker sets; the in-order run builds here
+        try:
+            assert main(["study", "--preset", "quick", "--out", str(out), "--cache", str(cache),
+                         f"workers={workers}", "worker_threads=1"]) == 0
+        finally:
+            torch.set_num_threads(before)
+        runs[workers] = json.loads((out / "results.json").read_text())
+    assert runs[2]["environment"]["stages"] == {"workers": 2, "threads_per_worker": 1}
+    assert runs[1]["environment"]["stages"] == {"workers": 1, "threads_per_worker": 1}
+    assert list(runs[2]["timing_s"]) == list(runs[1]["timing_s"])  # the same stages, reported in plan order
+    for results in runs.values():
+        results["config"].pop("workers")
+        results["environment"].pop("stages")
+    assert _without_timing(runs[2]) == _without_timing(runs[1])

@@ -18,6 +18,8 @@ report.md, report.html and results.json:
      blind baseline;
   4. findings C1-C5: effect, paired-bootstrap 95 % interval and a verdict computed from it.
 Every stage is cached by the hash of its inputs: a rerun only redoes what changed (--force: all).
+On a CPU the CPU presets build two independent stages at once, each in its own process with half
+the cores (workers=2; workers=1 runs them one after another in this process).
 Presets: quick (a smoke test, about 3 min on 2 CPU cores), default (`make demo`, about 15 min),
 full (3 seeds, larger samples, an independent CLIP-S scorer; about an hour), paper (real-scale
 data and weights from the local paths in a config file; add --dry-run to validate the recipe on

@@ -79,6 +79,14 @@ class StageCache:
         self.root = Path(root)  # cache root folder
         self.force = force  # recompute every stage even when cached
 
+    def path(self, name: str, key: str) -> Path:
+        """The folder stage (name, key) lives in once built."""
+        return self.root / name / key
+
+    def is_done(self, name: str, key: str) -> bool:
+        """True when (name, key) is built and `run` would reuse it (never under `force`)."""
+        return not self.force and _identity(self.path(name, key) / DONE) is not None
+
     def run(self, name: str, key: str, build: Callable[[Path], None], env: DistEnv | None = None,
             group=None) -> StageResult:
         """Return the cached output of (name, key), calling build(tmp_dir) first if needed.
@@ -93,7 +101,7 @@ class StageCache:
         """
         ranks = env is not None and env.distributed  # every rank of a torchrun world builds
         main = not ranks or env.is_main
-        final = self.root / name / key
+        final = self.path(name, key)
         with self._claim(name, key) if main else contextlib.nullcontext() as tmp:
             tmp = _from_rank0(tmp, env, group) if ranks else tmp
             if tmp is None:

@@ -116,6 +116,8 @@ class StudyConfig:
     device: str = "auto"  # "auto" (GPU if available), "cpu", "cuda", ...
     cache_dir: str = ""  # stage cache; "" = <VLBRIDGE_CACHE>/study
     n_seeds: int = 1  # independent repeats (encoders, projectors, shot sampling): seed, seed+1, ...
+    workers: int = 1  # stages built side by side in this many forked processes (CPU, one process only; 1: in order, here)
+    worker_threads: int = 0  # torch threads per stage process when workers > 1 (0: CPU cores // workers)
     train_encoders: bool = True  # train the supervision ladder (paper preset: pretrained files instead)
     ladder: LadderConfig = field(default_factory=LadderConfig)  # the encoders compared
     scorer: ScorerConfig = field(default_factory=ScorerConfig)  # the CLIP-S / RefCLIP-S scorer
@@ -141,6 +143,10 @@ def load_study_config(preset: str = "default", path: str | None = None, override
             raise UserError(f"limber.encoders.{key} must be an encoder spec string, got {spec!r}")
     if config.n_seeds < 1:
         raise UserError(f"n_seeds must be at least 1, got {config.n_seeds}")
+    if config.workers < 1:
+        raise UserError(f"workers must be at least 1 (1: stages in order, in this process), got {config.workers}")
+    if config.worker_threads < 0:
+        raise UserError(f"worker_threads must be >= 0 (0: CPU cores // workers), got {config.worker_threads}")
     unknown = [r for r in config.ladder.rungs if r not in LADDER]
     if unknown:
         raise UserError(f"ladder.rungs: unknown rung(s) {unknown}; choose from {', '.join(LADDER)}")

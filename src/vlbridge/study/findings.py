@@ -223,5 +223,8 @@ def mean_interval(values: np.ndarray, groups: np.ndarray | None = None) -> Inter
 
 
 def ratio_interval(num: np.ndarray, den: np.ndarray, groups: np.ndarray | None = None) -> Interval:
+    """sum(num) / sum(den) with its interval; a resample whose denominators are all 0 has no ratio and
+    is left out of the percentiles (percentile_ci ignores NaN), without numpy's divide warning."""
     columns = np.stack([num, den], axis=1).astype(np.float64)
-    return interval(columns, lambda s: s[:, 0] / s[:, 1], groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return interval(columns, lambda s: s[:, 0] / s[:, 1], groups)

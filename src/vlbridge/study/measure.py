@@ -319,7 +319,10 @@ def recorded_config(config: StudyConfig) -> dict:
     return data
 
 
-def assemble(config: StudyConfig, outputs, timing: dict[str, float]) -> dict:
+def assemble(config: StudyConfig, outputs, timing: dict[str, float], wall_s: float | None = None,
+             schedule: dict | None = None) -> dict:
+    """results.json from every seed's outputs; `timing`: stage -> seconds, `wall_s`: all stages'
+    wall time (less than their sum when they ran side by side), `schedule`: how they ran."""
     m = measurements(config, outputs)
     return {
         "findings": compute_findings(config, m),
@@ -333,7 +336,8 @@ def assemble(config: StudyConfig, outputs, timing: dict[str, float]) -> dict:
         "projectors": projector_table(outputs),
         "scorer": {"independent": bool(config.scorer.independent and config.train_encoders),
                    "spec": config.limber.clip_scorer},
-        "environment": environment(),
+        "environment": {**environment(), "stages": schedule or {}},
         "timing_s": {name: round(seconds, 2) for name, seconds in timing.items()},
+        "wall_s": round(wall_s if wall_s is not None else sum(timing.values()), 2),
         "config": recorded_config(config),
     }

@@ -226,8 +226,15 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]
         out.append(("Sizes", list(sizes), [[str(v) for v in sizes.values()]], ""))
     if results.get("timing_s"):
         rows = [[stage, f"{seconds:.1f}"] for stage, seconds in results["timing_s"].items()]
-        rows.append(["total", f"{sum(results['timing_s'].values()):.1f}"])
-        out.append(("Time per stage (s)", ["stage", "seconds"], rows, ""))
+        rows.append(["sum of the stages", f"{sum(results['timing_s'].values()):.1f}"])
+        note = ""
+        if results.get("wall_s") is not None:
+            rows.append(["wall time of all stages", f"{results['wall_s']:.1f}"])
+            stages = results.get("environment", {}).get("stages", {})
+            if stages.get("workers", 1) > 1:
+                note = (f"{stages['workers']} stages ran side by side ({stages.get('threads_per_worker')} torch "
+                        "thread(s) each), so the stage times overlap and their sum exceeds the wall time.")
+        out.append(("Time per stage (s)", ["stage", "seconds"], rows, note))
     return out
 
 

@@ -37,6 +37,7 @@ from vlbridge.study.cache import StageCache, StageResult, content_key
 from vlbridge.study.config import StudyConfig
 from vlbridge.study.placeholders import fill, needs
 from vlbridge.study.report import ReportExtras, write_report
+from vlbridge.study.schedule import Stage, can_fork, default_threads, run_side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class StudyRun:
         self.env = env or DistEnv(device=resolve_device(config.device))  # this rank (a world of one without torchrun)
         self.announce = announce if self.env.is_main else _silent  # one line per stage, from rank 0
         self.group = waiting_group(self.env)  # where ranks wait for rank 0's stages (None: one process)
+        self.threads = config.worker_threads or default_threads(config.workers)  # torch threads per stage process
 
     def stage(self, name: str, key: str, build, distributed: bool = False) -> StageResult:
         """Stage `name` from the cache or `build`; `distributed`: every rank builds (DDP), else rank 0 alone."""
@@ -72,6 +74,38 @@ class StudyRun:
         state = "cached" if result.reused else "done"
         self.announce(f"[study] {name}: {state} in {self.timing[name]:.1f}s")
         return result
+
+    def side_by_side(self) -> bool:
+        """Stages run in forked processes: asked for, one process (no torchrun), on the CPU, fork available."""
+        return (self.config.workers > 1 and not self.env.distributed and self.env.device.type == "cpu"
+                and can_fork())
+
+    def schedule(self) -> dict:
+        """How the stages ran (results.json["environment"]["stages"])."""
+        if self.side_by_side():
+            return {"workers": self.config.workers, "threads_per_worker": self.threads}
+        import torch
+
+        return {"workers": 1, "threads_per_worker": torch.get_num_threads()}
+
+    def execute(self, stages: list[Stage]) -> None:
+        """Build every planned stage: side by side (see schedule.py) or one after another here."""
+        if self.side_by_side():
+            self.timing.update(run_side_by_side(self.cache, stages, self.config.workers, self.threads, self.announce))
+            return
+        for stage in stages:
+            self.stage(stage.name, stage.key, stage.build, stage.distributed)
+
+    def scorer(self, spec: str):
+        """() -> the CLIP-S / RefCLIP-S scorer `spec`, loaded on first call in whichever process calls it."""
+        loaded: dict = {}
+
+        def get():
+            if "bundle" not in loaded:
+                loaded["bundle"] = _clip_scorer(spec, self.config)
+            return loaded["bundle"]
+
+        return get
 
     def on_main(self, work):
         """`work()` on rank 0 alone, seeing a world of one; its return value on every rank."""
@@ -100,6 +134,10 @@ class SeedOutputs:
     projector_info: dict[str, dict] = field(default_factory=dict)  # key -> losses.json
     evals: dict[str, dict] = field(default_factory=dict)  # key (or key:variant) -> eval.json
     baselines: dict = field(default_factory=dict)  # eval.json of the no-image baselines
+    rung_dirs: dict[str, Path] = field(default_factory=dict)  # rung -> its stage folder
+    table_dir: Path | None = None  # the clip-table stage folder
+    eval_dirs: dict[str, Path] = field(default_factory=dict)  # key (or key:variant) -> eval stage folder
+    baseline_dir: Path | None = None  # the baselines stage folder
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, announce=print,
@@ -110,14 +148,18 @@ def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, ann
     the manifest, every rank returns the results).
     """
     run = StudyRun(config, force, announce, env)
+    started = time.perf_counter()
     seeds = [config.seed + i for i in range(config.n_seeds)]
-    outputs = [run_seed(run, config, seed, tag=f"@{seed}" if config.n_seeds > 1 else "") for seed in seeds]
-    return run.on_main(lambda: _finish(run, config, outputs, out_dir))
+    plans = [plan_seed(run, config, seed, tag=f"@{seed}" if config.n_seeds > 1 else "") for seed in seeds]
+    run.execute([stage for _, stages in plans for stage in stages])
+    outputs = [read_outputs(out) for out, _ in plans]
+    return run.on_main(lambda: _finish(run, config, outputs, out_dir, time.perf_counter() - started))
 
 
-def _finish(run: StudyRun, config: StudyConfig, outputs: list[SeedOutputs], out_dir: str | Path) -> dict:
+def _finish(run: StudyRun, config: StudyConfig, outputs: list[SeedOutputs], out_dir: str | Path,
+            stages_s: float) -> dict:
     """results.json, report.md / .html and the manifest (rank 0); the results."""
-    results = measure.assemble(config, outputs, run.timing)
+    results = measure.assemble(config, outputs, run.timing, stages_s, run.schedule())
     paths = write_report(results, out_dir, _extras(config, outputs[0]))
     first = outputs[0]
     write_manifest(run.cache.root, config, out_dir, first.folders.get("clip"),
@@ -126,60 +168,88 @@ def _finish(run: StudyRun, config: StudyConfig, outputs: list[SeedOutputs], out_
     return results
 
 
-def run_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> SeedOutputs:
+def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[SeedOutputs, list[Stage]]:
+    """Every stage of one seed, in a valid sequential order, and where each will leave its output.
+
+    Keys are made from config sections and upstream keys only, so the whole plan (and every
+    folder) is known before anything runs; `read_outputs` reads the folders once all are built.
+    """
     out = SeedOutputs(seed)
+    stages: list[Stage] = []
     keys: dict[str, str] = {}  # placeholder -> stage key (what later keys depend on, instead of paths)
+    names: dict[str, str] = {}  # placeholder -> stage name (what later stages wait for)
+
+    def add(name: str, key: str, build, after=(), distributed: bool = False) -> Path:
+        stages.append(Stage(f"{name}{tag}", key, build, tuple(f"{a}{tag}" for a in after), distributed))
+        return run.cache.path(name, key)
+
     if config.train_encoders:
         for rung in config.ladder.rungs:
-            stage = run.stage(f"rung/{rung}{tag}", content_key("rung", rung, to_dict(config.ladder), seed),
-                              lambda d, r=rung: clip_stages.build_rung(config, r, seed, d))
-            out.folders[f"tower:{rung}"], keys[f"tower:{rung}"] = stage.path / clip_stages.TOWER_DIR, stage.key
-            out.encoders[rung] = clip_stages.summary_of(stage.path)
+            key = content_key("rung", rung, to_dict(config.ladder), seed)
+            path = add(f"rung/{rung}", key, lambda d, r=rung: clip_stages.build_rung(config, r, seed, d))
+            out.folders[f"tower:{rung}"], keys[f"tower:{rung}"], names[f"tower:{rung}"] = \
+                path / clip_stages.TOWER_DIR, key, f"rung/{rung}"
+            out.rung_dirs[rung] = path
             if rung == "clip":
-                out.folders["clip"], keys["clip"] = stage.path, stage.key
+                out.folders["clip"], keys["clip"], names["clip"] = path, key, f"rung/{rung}"
     if config.scorer.independent and config.train_encoders:
-        stage = run.stage(f"scorer{tag}", content_key("scorer", to_dict(config.ladder.train), to_dict(config.scorer), seed),
-                          lambda d: clip_stages.build_scorer(config, seed, d))
-        out.folders["scorer"], keys["scorer"] = stage.path, stage.key
+        key = content_key("scorer", to_dict(config.ladder.train), to_dict(config.scorer), seed)
+        out.folders["scorer"] = add("scorer", key, lambda d: clip_stages.build_scorer(config, seed, d))
+        keys["scorer"], names["scorer"] = key, "scorer"
     elif "clip" in out.folders:
-        out.folders["scorer"], keys["scorer"] = out.folders["clip"], keys["clip"]
+        out.folders["scorer"], keys["scorer"], names["scorer"] = out.folders["clip"], keys["clip"], names["clip"]
     filled = lambda template: fill(template, out.folders, config.paper)  # noqa: E731
     depends = lambda *templates: {n: keys.get(n) for t in templates for n in sorted(needs(t))}  # noqa: E731
+    waits = lambda *templates: tuple(dict.fromkeys(names[n] for t in templates for n in sorted(needs(t)) if n in names))  # noqa: E731
     paper = to_dict(config.paper)
     if config.clip_table.datasets and "clip" in out.folders:
         table = config.clip_table
+        templates = (table.model, *table.probe_encoders.values())
         probe_specs = {key: filled(spec) for key, spec in table.probe_encoders.items()}
-        stage = run.stage(f"clip-table{tag}", content_key("clip-table", depends(table.model, *table.probe_encoders.values()),
-                                                         to_dict(table), seed),
-                          lambda d: clip_stages.build_clip_table(config, out.folders["clip"], probe_specs, run.store, seed, d))
-        out.clip_table = json.loads((stage.path / "table.json").read_text())
+        out.table_dir = add("clip-table", content_key("clip-table", depends(*templates), to_dict(table), seed),
+                            lambda d: clip_stages.build_clip_table(config, out.folders["clip"], probe_specs,
+                                                                  run.store, seed, d),
+                            after=waits("{clip}", *templates))
     limber = config.limber
     eval_config = {k: v for k, v in to_dict(limber).items() if k not in ("train", "encoders", "twins")}
-    scorer = _clip_scorer(filled(limber.clip_scorer), config) if limber.clip_scorer and run.env.is_main else None
+    scorer = run.scorer(filled(limber.clip_scorer)) if limber.clip_scorer else lambda: None
     scorer_key = depends(limber.clip_scorer) if limber.clip_scorer else None
+    scorer_waits = waits(limber.clip_scorer) if limber.clip_scorer else ()
     variants = [(key, "trained") for key in limber.encoders]
     if limber.ablations and limber.clip_key in limber.encoders:
         variants += [(limber.clip_key, "closed-form"), (limber.clip_key, "plain")]
+    first_projector = None
     for key, variant in variants:
         template = limber.encoders[key]
         name = key if variant == "trained" else f"{key}:{variant}"
         projector_key = content_key("projector", template, depends(template), to_dict(limber.train), variant, seed, paper)
-        projector = run.stage(f"projector/{name}{tag}", projector_key,
-                              lambda d, t=template, v=variant: limber_stages.build_projector(
-                                  config, filled(t), run.store, seed, d, v, filled, run.env),
-                              distributed=True)
-        out.projectors[name] = projector.path
-        out.projector_info[name] = json.loads((projector.path / "losses.json").read_text())
+        out.projectors[name] = add(f"projector/{name}", projector_key,
+                                   lambda d, t=template, v=variant: limber_stages.build_projector(
+                                       config, filled(t), run.store, seed, d, v, filled, run.env),
+                                   after=waits(template), distributed=True)
+        first_projector = first_projector or (f"projector/{name}", out.projectors[name])
         nll_only = variant != "trained"
-        evaluated = run.stage(f"eval/{name}{tag}", content_key("eval", projector.key, eval_config, scorer_key, nll_only,
-                                                                seed, paper),
-                              lambda d, p=projector.path, o=nll_only: limber_stages.build_eval(
-                                  config, p, run.store, scorer, seed, d, o, filled))
-        out.evals[name] = limber_stages.read_eval(evaluated.path)
-    any_projector = next(iter(out.projectors.values()))  # the baselines carry no image: any LM wrapper will do
-    baselines = run.stage(f"baselines{tag}", content_key("baselines", limber.train.lm, eval_config, seed, paper),
-                          lambda d: limber_stages.build_baselines(config, any_projector, seed, d, filled))
-    out.baselines = limber_stages.read_eval(baselines.path)
+        out.eval_dirs[name] = add(f"eval/{name}", content_key("eval", projector_key, eval_config, scorer_key, nll_only,
+                                                              seed, paper),
+                                  lambda d, p=out.projectors[name], o=nll_only: limber_stages.build_eval(
+                                      config, p, run.store, scorer(), seed, d, o, filled),
+                                  after=(f"projector/{name}", *scorer_waits))
+    # the baselines carry no image: any projector's LM wrapper will do (the first planned)
+    any_name, any_projector = first_projector
+    out.baseline_dir = add("baselines", content_key("baselines", limber.train.lm, eval_config, seed, paper),
+                           lambda d: limber_stages.build_baselines(config, any_projector, seed, d, filled),
+                           after=(any_name,))
+    return out, stages
+
+
+def read_outputs(out: SeedOutputs) -> SeedOutputs:
+    """Fill `out` from the folders its built stages left."""
+    out.encoders = {rung: clip_stages.summary_of(path) for rung, path in out.rung_dirs.items()}
+    if out.table_dir is not None:
+        out.clip_table = json.loads((out.table_dir / "table.json").read_text())
+    out.projector_info = {name: json.loads((path / "losses.json").read_text()) for name, path in out.projectors.items()}
+    out.evals = {name: limber_stages.read_eval(path) for name, path in out.eval_dirs.items()}
+    out.baselines = limber_stages.read_eval(out.baseline_dir)
     return out
 
 
