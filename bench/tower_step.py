@@ -8,11 +8,17 @@ torch's threads and on one, after one warm-up step. The ladder repeats exactly t
 this figure, taken before or after a `make demo`, says how fast the machine was that day: a VM's
 speed can move by a third within a day (docs/BENCHMARKS.md, "The study"). Prints seconds per
 step for each thread count and their ratio, plus the load average.
+
+It then runs the step as the study's side-by-side stages do (study/schedule.py): one forked
+process per core, each on one thread, all at once, and prints their combined steps per second
+against the anchor (one process on all threads, measured above in the same run): the reason the
+CPU presets build two stages at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
@@ -56,7 +62,37 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     print(f"{threads} threads: {all_threads:.3f} s/step | 1 thread: {one_thread:.3f} s/step | "
           f"ratio 1 thread / {threads}: {one_thread / all_threads:.2f}")
+    workers = max(2, threads)
+    seconds = side_by_side(tower, images, args.repeats, workers)  # each worker's s/step
+    combined = sum(1.0 / s for s in seconds)  # steps per second of all workers together
+    print(f"{workers} processes x 1 thread at once: {', '.join(f'{s:.3f}' for s in seconds)} s/step each, "
+          f"{combined:.3f} steps/s together | throughput / anchor ({threads} threads, one process): "
+          f"{combined * all_threads:.2f}")
     return 0
+
+
+def side_by_side(tower: torch.nn.Module, images: torch.Tensor, repeats: int, workers: int) -> list[float]:
+    """Seconds per step of each of `workers` forked 1-thread processes stepping at the same time."""
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(workers)
+    results = context.Queue()
+
+    def work() -> None:
+        torch.set_num_threads(1)
+        tower(images).sum().backward()  # warm-up, then all start together
+        start.wait()
+        began = time.perf_counter()
+        for _ in range(repeats):
+            tower(images).sum().backward()
+        results.put((time.perf_counter() - began) / repeats)
+
+    processes = [context.Process(target=work) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    seconds = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    return seconds
 
 
 if __name__ == "__main__":

@@ -96,3 +96,22 @@ def test_stored_features_stream_equals_in_memory(tmp_path, weights):
     overwrite_tail(stored.folder / "chunk-00002.safetensors")
     with pytest.raises(UserError, match="vlbridge extract"):
         stored.read_chunk(2)
+
+
+def test_feature_view_equals_the_loaded_features_and_holds_at_most_its_capacity(tmp_path, weights):
+    encoder = build_encoder(f"timm:test_resnet@{weights}:32px")
+    records = make_records(11)
+    store = FeatureStore(tmp_path, chunk_size=3)  # 4 chunks
+    loaded = store.extract(encoder, "toy", "train", records, batch_size=3).features
+    view = store.extract(encoder, "toy", "train", records, batch_size=3, load=False).stored.view(capacity=2)
+    assert len(view) == len(loaded) and list(view) == list(loaded)
+    held = []
+    for image_id in loaded:  # store order: every chunk read once
+        assert image_id in view and torch.equal(view[image_id], loaded[image_id])
+        held.append(len(view.cache.chunks))
+    assert max(held) == 2 and view.cache.reads == 4
+    row = view[next(iter(loaded))]
+    assert row.untyped_storage().nbytes() == row.numel() * 4  # a copy of one row, not a view of its chunk
+    assert "missing" not in view and view.get("missing") is None
+    with pytest.raises(KeyError):
+        view["missing"]

@@ -12,15 +12,20 @@ fails to load; both raise `DamagedChunk`, which the FeatureStore answers by reco
 chunk with a warning (before the store's index.json is written, and when a complete store is
 opened), and which a training reader turns into a UserError naming the folder.
 
-`StoredFeatures` is how training reads a store too large to hold: it knows every chunk's ids
-from the index (no feature bytes), and `read_chunk` loads (and verifies) one chunk; the caller
-decides how many chunks it keeps (see `training/limber_data.ChunkCache`).
+`StoredFeatures` is how training and evaluation read a store too large to hold: it knows every
+chunk's ids from the index (no feature bytes), and `read_chunk` loads (and verifies) one chunk.
+`ChunkCache` keeps the newest few chunks (training's streaming reader, `training/limber_data`);
+`FeatureView` (`stored.view()`) is a read-only {id: features} mapping through one, which the
+evaluations take in place of the dict of every feature: memory is `capacity` chunks, whatever
+the number of images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -111,3 +116,55 @@ class StoredFeatures:
         if not self.chunk_ids:
             return torch.zeros((0, *self.feature_shape))
         return torch.cat([self.read_chunk(c) for c in range(len(self.chunk_ids))])
+
+    def view(self, capacity: int = 2) -> "FeatureView":
+        """{id: features} read through a cache of `capacity` chunks (see FeatureView)."""
+        return FeatureView(self, capacity)
+
+
+class ChunkCache:
+    """The newest `capacity` chunks of a `StoredFeatures`, read (and verified) when first asked for."""
+
+    def __init__(self, stored, capacity: int):
+        self.stored = stored  # vlbridge.data.feature_chunks.StoredFeatures
+        self.capacity = max(1, capacity)  # chunks held at most
+        self.chunks: OrderedDict[int, torch.Tensor] = OrderedDict()  # chunk -> (rows, ...) float32
+        self.reads = 0  # chunk files read so far
+
+    def get(self, chunk: int) -> torch.Tensor:
+        if chunk in self.chunks:
+            self.chunks.move_to_end(chunk)
+            return self.chunks[chunk]
+        tensor = self.stored.read_chunk(chunk)
+        self.reads += 1
+        self.chunks[chunk] = tensor
+        while len(self.chunks) > self.capacity:
+            self.chunks.popitem(last=False)
+        return tensor
+
+
+class FeatureView(Mapping):
+    """Read-only {id: (D,) or (T, D) float32} over a complete store, holding at most `capacity` chunks.
+
+    Rows come back as copies (a caller that keeps one keeps one row, not its chunk). Reads in
+    store order touch each chunk once; scattered reads reload chunks (`cache.reads` counts them).
+    """
+
+    def __init__(self, stored: StoredFeatures, capacity: int = 2):
+        self.stored = stored  # the store's chunks and ids
+        self.cache = ChunkCache(stored, capacity)  # the chunks in memory
+        self.where = {i: (chunk, row) for chunk, ids in enumerate(stored.chunk_ids)
+                      for row, i in enumerate(ids)}  # id -> (chunk, row in chunk)
+
+    def __getitem__(self, image_id: str) -> torch.Tensor:
+        chunk, row = self.where[image_id]
+        return self.cache.get(chunk)[row].clone()
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self.where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stored.ids)
+
+    def __len__(self) -> int:
+        return len(self.where)

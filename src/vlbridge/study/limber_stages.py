@@ -189,22 +189,28 @@ def vqa_eval(model, config: StudyConfig, questions: list, support: list, seed: i
 
 
 # ------------------------------------------------------------------------------------ stages
+def stored_view(store: FeatureStore, encoder, dataset_name: str, split: str, records: list):
+    """{id: features} of `records`, extracted to disk if missing and read back two chunks at a time:
+    an evaluation's memory does not grow with its number of images."""
+    return store.extract(encoder, dataset_name, split, records, load=False).stored.view()
+
+
 def build_eval(config: StudyConfig, projector_dir: Path, store: FeatureStore, scorer, seed: int, folder: Path,
                nll_only: bool = False, fill=lambda s: s) -> None:
     """eval.json of one projector: NLL rows, generated captions, VQA rows (NLL only for ablations)."""
     model = load_trained_limber(projector_dir, device=resolve_device(config.device))
     limber = config.limber
     records = likelihood_records(config, fill)
-    features = store.get_or_extract(model.encoder, fill(limber.likelihood_set), "nll", records)
+    features = stored_view(store, model.encoder, fill(limber.likelihood_set), "nll", records)
     result: dict = {"nll": image_nll(model, records, features, limber.batch_size)}
     if not nll_only:
         result["captioning"] = {}
         for name, caption_set in caption_records(config, fill).items():
-            feats = store.get_or_extract(model.encoder, fill(limber.caption_sets[name]), "captions", caption_set)
+            feats = stored_view(store, model.encoder, fill(limber.caption_sets[name]), "captions", caption_set)
             result["captioning"][name] = caption_eval(model, caption_set, feats, scorer, limber.batch_size)
         questions, support = vqa_sets(config, fill)
         name = fill(f"{limber.vqa_queries}+{limber.vqa_support}")
-        feats = store.get_or_extract(model.encoder, name, "vqa", questions + support)  # keyed by image id
+        feats = stored_view(store, model.encoder, name, "vqa", questions + support)  # keyed by image id
         result["vqa"] = vqa_eval(model, config, questions, support, seed, feats, blind=False)
     atomic_write_json(folder / "eval.json", result)
 

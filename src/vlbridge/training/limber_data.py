@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from array import array
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from vlbridge.data import datasets
+from vlbridge.data.feature_chunks import ChunkCache
 from vlbridge.data.records import BadImage, ImageTextRecord, SkipCounter, open_image
 from vlbridge.data.specs import parse_spec
 from vlbridge.errors import UserError
@@ -283,27 +283,6 @@ def records_with_features(records: Sequence[ImageTextRecord], feature_ids) -> li
     if not kept:
         raise UserError("no image features could be extracted for the training records")
     return kept
-
-
-class ChunkCache:
-    """The newest `capacity` chunks of a `StoredFeatures`, read (and verified) when first asked for."""
-
-    def __init__(self, stored, capacity: int):
-        self.stored = stored  # vlbridge.data.feature_chunks.StoredFeatures
-        self.capacity = max(1, capacity)  # chunks held at most
-        self.chunks: OrderedDict[int, torch.Tensor] = OrderedDict()  # chunk -> (rows, ...) float32
-        self.reads = 0  # chunk files read so far
-
-    def get(self, chunk: int) -> torch.Tensor:
-        if chunk in self.chunks:
-            self.chunks.move_to_end(chunk)
-            return self.chunks[chunk]
-        tensor = self.stored.read_chunk(chunk)
-        self.reads += 1
-        self.chunks[chunk] = tensor
-        while len(self.chunks) > self.capacity:
-            self.chunks.popitem(last=False)
-        return tensor
 
 
 class ChunkedFeatures:
