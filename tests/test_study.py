@@ -277,3 +277,13 @@ def test_stages_side_by_side_give_what_stages_in_order_give_at_the_same_thread_c
         results["config"].pop("workers")
         results["environment"].pop("stages")
     assert _without_timing(runs[2]) == _without_timing(runs[1])
+
+
+def test_report_shows_wall_time_beside_overlapping_stage_times(tmp_path):
+    results = measure.assemble(_config(), [_seed_outputs(0)], {"rung/clip": 30.0, "rung/labels": 20.0}, wall_s=31.5,
+                               schedule={"workers": 2, "threads_per_worker": 1})
+    assert results["wall_s"] == 31.5 and results["environment"]["stages"] == {"workers": 2, "threads_per_worker": 1}
+    markdown = write_report(results, tmp_path)["markdown"].read_text()
+    assert "| sum of the stages | 50.0 |" in markdown and "| wall time of all stages | 31.5 |" in markdown
+    assert "2 stages ran side by side (1 torch thread(s) each)" in markdown
+    assert "stages 2 at a time on 1 torch thread(s) each" in markdown  # the machine line

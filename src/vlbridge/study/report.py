@@ -285,8 +285,11 @@ def make_plots(results: dict, extras: ReportExtras, folder: Path) -> dict[str, P
 def machine_line(results: dict) -> str:
     env = results.get("environment", {})
     packages = env.get("packages", {})
+    stages = env.get("stages") or {}
+    threads = (f"stages {stages['workers']} at a time on {stages['threads_per_worker']} torch thread(s) each"
+               if stages.get("workers", 1) > 1 else f"{env.get('torch_threads', '?')} torch threads")
     return (f"{env.get('machine', '?')} {env.get('system', '')}, {env.get('cpu_count', '?')} CPUs, "
-            f"{env.get('torch_threads', '?')} torch threads, GPU: {env.get('cuda') or 'none'}; Python "
+            f"{threads}, GPU: {env.get('cuda') or 'none'}; Python "
             f"{env.get('python', '?')}, torch {packages.get('torch', '?')}, vlbridge {packages.get('vlbridge', '?')}")
 
 
