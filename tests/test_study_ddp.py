@@ -115,8 +115,9 @@ TINY = [  # the quick preset, smaller still: every stage kind (4 rungs, CLIP tab
     "limber.likelihood_set=objects?split=test&max_objects=2&things=0.5&n=6",
     'limber.caption_sets={objects: "objects?split=test&max_objects=2&things=0.5&n=2"}',
     "limber.vqa_queries=objects?split=test&max_objects=2&things=0.5&n=2",
+    "workers=1",  # the one-process run builds its stages in order, as the ranks do (schedule.py is tested apart)
 ]
-RUN_SPECIFIC = ("timing_s", "environment")  # seconds, and this process's thread count
+RUN_SPECIFIC = ("timing_s", "wall_s", "environment")  # seconds, and this process's thread count
 
 
 @pytest.mark.slow  # ~4 min on 2 busy cores: the study once in this process, once over two ranks
@@ -139,13 +140,15 @@ def strip(results: dict) -> dict:
 
 
 def assert_close(a, b, where: str = "results") -> None:
-    """Same keys, lengths, strings (captions, answers, verdicts) and None; numbers within 1e-4, absolute or relative.
+    """Same keys, lengths, strings (captions, answers, verdicts) and None; numbers within 1e-4
+    relative or 1e-3 absolute.
 
     Not bit-exact: the projectors train with DDP, whose gradient all-reduce sums the two ranks'
     halves of each batch in another order than one process's backward does (the LiMBeR DDP test
     bounds the difference at 1e-5 relative per loss). Everything downstream inherits it: caption
-    NLLs moved by ~2e-5 in a measured run, and effects, differences of NLLs, by as much (~2e-4
-    of a 0.08 effect, hence the absolute bound).
+    NLLs (~5 nats) moved by ~2e-5 relative, ~1e-4 absolute, in measured runs, and an effect built
+    from four of them (C4: two gains, each a difference of two NLLs) by up to four times that:
+    2e-4 and 2.5e-4 of a 0.08 effect were measured, hence the absolute bound of 1e-3.
     """
     if isinstance(a, dict):
         assert isinstance(b, dict) and list(a) == list(b), f"{where}: keys {list(a)} != {list(b)}"
@@ -156,6 +159,6 @@ def assert_close(a, b, where: str = "results") -> None:
         for i, (x, y) in enumerate(zip(a, b)):
             assert_close(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4) or (math.isnan(a) and math.isnan(b)), f"{where}: {a} != {b}"
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-3) or (math.isnan(a) and math.isnan(b)), f"{where}: {a} != {b}"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
