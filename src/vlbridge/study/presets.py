@@ -185,7 +185,7 @@ CPU_PRESETS: dict[str, dict[str, Any]] = {
         "clip_table": {"n_train": 520, "n_test": 520, "probe_c_steps": 4, "probe_max_iter": 200},
         "limber": _limber(steps=12, n_train=768, nll=300, captions=64, vqa_images=60, per_type=20, demo_sets=5),
     },
-    "full": {  # the powered version: 3 seeds, an independent scorer, the EfficientNet twin; <= 60 minutes
+    "full": {  # the powered version: 3 seeds, an independent scorer, the EfficientNet twin; target <= 60 min (2 cores: ~75 estimated)
         "n_seeds": 3,
         "workers": 2,
         "scorer": {"independent": True},
