@@ -96,7 +96,10 @@ def test_unreadable_images_are_skipped_counted_and_labels_stay_aligned(tmp_path,
     features = labelled_features(store, ClipImageEncoder(bundle), data, batch_size=3, normalize=True)
     assert features.labels.tolist() == [1, 0]
     assert torch.equal(features.features, legacy_embed_records(bundle, records, batch_size=3)[0])
-    assert torch.equal(features.features, bundle.embed_images([good, other]))
+    # the same images embedded in another batching: equal up to float rounding (on the Intel Xeon
+    # this ran on, 2026-12-03, a batch of 2 and two batches of 1 differ by one ulp; bit-identity
+    # holds only for the same batching, checked on the line above)
+    torch.testing.assert_close(features.features, bundle.embed_images([good, other]), rtol=0, atol=1e-6)
     assert set(store.last_stats.skipped) == {"b", "c"} and "skipped 2" in caplog.text
     bad_only = Dataset("bad?seed=0", "test", records[1:3], ["blue"])
     with pytest.raises(UserError, match="none of the 2 images could be opened"):
