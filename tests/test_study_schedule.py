@@ -119,3 +119,45 @@ def test_a_crash_or_a_killed_stage_is_reported_with_its_name(tmp_path):
 
     with pytest.raises(StageFailed, match=r"stage killed: its process ended without a result \(exit code 9"):
         run_side_by_side(cache, [Stage("killed", "k", killed)], workers=2, threads=1, announce=lambda _: None)
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from pathlib import Path
+from vlbridge.study.cache import StageCache
+from vlbridge.study.schedule import Stage, run_side_by_side
+
+root = Path(sys.argv[1])
+
+def slow(folder):
+    import os
+    (root / "child.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+run_side_by_side(StageCache(root / "cache"), [Stage("slow", "k", slow)], workers=2, threads=1,
+                 announce=lambda line: print(line, flush=True))
+"""
+
+
+def test_sigterm_to_the_study_stops_its_stage_processes_and_installs_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(SIGTERM_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "child.pid"
+    deadline = time.time() + 60
+    while not pid_file.exists():
+        assert time.time() < deadline and parent.poll() is None, "the stage never started"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.time() + 10
+    while Path(f"/proc/{child}").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists(), "the stage's process outlived the study"
+    assert not StageCache(tmp_path / "cache").is_done("slow", "k")
+    assert not list((tmp_path / "cache" / "slow").glob(".k.*.tmp"))  # the stopped build removed its folder

@@ -19,6 +19,8 @@ Which ready stage starts next: the one most other stages wait for (transitively)
 order, so the CLIP rung (every evaluation's CLIP-S scorer) starts first. A failing stage stops
 the others (their unfinished folders are never installed) and is raised here: a `UserError`
 with its one-line message, anything else as `StageFailed` after the child printed its traceback.
+SIGTERM to the study (a scheduler's stop) or Ctrl-C stops the children the same way before the
+study exits (143 / 130); a rerun builds what was lost.
 Children write no progress bars (two bars on one terminal line garble each other); the parent
 prints a line when a stage starts and when it ends.
 
@@ -31,7 +33,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -100,6 +104,7 @@ def run_side_by_side(cache: StageCache, stages: list[Stage], workers: int, threa
     done: set[str] = set()
     running: dict[int, _Child] = {}  # sentinel -> child
     timing: dict[str, float] = {}
+    previous = _exit_on_sigterm()
     try:
         while pending or running:
             _start_ready(cache, pending, done, running, workers, threads, timing, announce)
@@ -113,7 +118,22 @@ def run_side_by_side(cache: StageCache, stages: list[Stage], workers: int, threa
                 announce(f"[study] {child.stage.name}: {child.state} in {seconds:.1f}s")
     finally:
         _stop(list(running.values()))
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return {stage.name: timing[stage.name] for stage in stages}
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM (what schedulers send) raise SystemExit(143) here, so the `finally` above stops the
+    children instead of leaving them running; returns the handler to restore (None off the main thread).
+    Children inherit it: a stopped child unwinds its build, which removes its temporary folder."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _start_ready(cache, pending, done, running, workers, threads, timing, announce) -> None:
@@ -185,6 +205,8 @@ def _build_in_child(cache: StageCache, stage: Stage, threads: int, sender) -> No
         sender.send(("ok", result.reused))
     except UserError as err:
         sender.send(("user-error", str(err)))
+    except SystemExit:  # stopped by SIGTERM (see _exit_on_sigterm): exit quietly, 128 + signal
+        raise
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
         traceback.print_exc()
         sender.send(("failed", f"{type(err).__name__}: {err}"))
