@@ -180,11 +180,14 @@ class _Child:
             report = self.receiver.recv()
         except EOFError:  # it died before reporting
             report = None
+        self.receiver.close()
         self.process.join()
         seconds = time.perf_counter() - self.started
+        exitcode = self.process.exitcode
+        self.process.close()  # its sentinel and pipe descriptors: a study forks a few dozen children
         if report is None:
             raise StageFailed(f"stage {self.stage.name}: its process ended without a result "
-                              f"(exit code {self.process.exitcode}; killed, out of memory?)")
+                              f"(exit code {exitcode}; killed, out of memory?)")
         if report[0] == "user-error":
             raise UserError(report[1])
         if report[0] == "failed":
