@@ -37,7 +37,7 @@ from vlbridge.study.cache import StageCache, StageResult, content_key
 from vlbridge.study.config import StudyConfig
 from vlbridge.study.placeholders import fill, needs
 from vlbridge.study.report import ReportExtras, write_report
-from vlbridge.study.schedule import Stage, can_fork, default_threads, run_side_by_side
+from vlbridge.study.schedule import Stage, can_fork, default_threads, run_side_by_side, stage_kind
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ class StudyRun:
         self.announce(f"[study] {name} ...")
         started = time.perf_counter()
         if distributed:
-            result = self.cache.run(name.split("@")[0], key, build, self.env, self.group)
+            result = self.cache.run(stage_kind(name), key, build, self.env, self.group)
         else:
-            result = self.on_main(lambda: self.cache.run(name.split("@")[0], key, build))
+            result = self.on_main(lambda: self.cache.run(stage_kind(name), key, build))
         self.timing[name] = time.perf_counter() - started
         state = "cached" if result.reused else "done"
         self.announce(f"[study] {name}: {state} in {self.timing[name]:.1f}s")
@@ -218,7 +218,6 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[
     variants = [(key, "trained") for key in limber.encoders]
     if limber.ablations and limber.clip_key in limber.encoders:
         variants += [(limber.clip_key, "closed-form"), (limber.clip_key, "plain")]
-    first_projector = None
     for key, variant in variants:
         template = limber.encoders[key]
         name = key if variant == "trained" else f"{key}:{variant}"
@@ -227,7 +226,6 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[
                                    lambda d, t=template, v=variant: limber_stages.build_projector(
                                        config, filled(t), run.store, seed, d, v, filled, run.env),
                                    after=waits(template), distributed=True)
-        first_projector = first_projector or (f"projector/{name}", out.projectors[name])
         nll_only = variant != "trained"
         out.eval_dirs[name] = add(f"eval/{name}", content_key("eval", projector_key, eval_config, scorer_key, nll_only,
                                                               seed, paper),
@@ -235,10 +233,11 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[
                                       config, p, run.store, scorer(), seed, d, o, filled),
                                   after=(f"projector/{name}", *scorer_waits))
     # the baselines carry no image: any projector's LM wrapper will do (the first planned)
-    any_name, any_projector = first_projector
+    any_name = next(iter(out.projectors))
+    any_projector = out.projectors[any_name]
     out.baseline_dir = add("baselines", content_key("baselines", limber.train.lm, eval_config, seed, paper),
                            lambda d: limber_stages.build_baselines(config, any_projector, seed, d, filled),
-                           after=(any_name,))
+                           after=(f"projector/{any_name}",))
     return out, stages
 
 

@@ -11,8 +11,9 @@ stages whose folders its build reads (`after`). The study plans every stage of e
 this one that sets its torch thread count to `threads` and calls `StageCache.run`, so a stage's
 output is exactly what a sequential run with that thread count writes: the cache's lock and
 atomic rename make a stage built in a child indistinguishable from one built here. Why: on a
-small CPU machine one training step does not keep two cores busy (two 1-thread tower steps ran
-at 1.3x the throughput of one 2-thread step; decoding with a small LM gains more), so the ladder
+small CPU machine one training step does not keep two cores busy (two 1-thread tower steps at
+once ran at 1.74x the throughput of one 2-thread step: `bench/tower_step.py`, 2-core VM,
+2026-12-03, one run; LM stages with small batches gain too), so the ladder
 rungs and the LM stages finish sooner side by side (docs/STUDY.md, "Where the time goes").
 
 Which ready stage starts next: the one most other stages wait for (transitively), ties in plan
@@ -67,7 +68,12 @@ class Stage:
 
     @property
     def kind(self) -> str:
-        return self.name.split("@")[0]
+        return stage_kind(self.name)
+
+
+def stage_kind(name: str) -> str:
+    """The cache folder of a stage name: "rung/clip@1" -> "rung/clip" (the seed tag dropped)."""
+    return name.split("@")[0]
 
 
 def can_fork() -> bool:
