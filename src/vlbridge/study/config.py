@@ -36,7 +36,7 @@ class ScorerConfig:
     """The CLIP that scores generated captions (CLIP-S / RefCLIP-S)."""
 
     independent: bool = False  # train a separate CLIP (another seed) so the scorer is none of the compared encoders
-    seed_offset: int = 1000  # the independent scorer's seed = study seed + this
+    seed_offset: int = 1000  # the independent scorer's seed = study seed + this (one scorer for all n_seeds)
 
 
 @dataclass
@@ -67,6 +67,7 @@ class LimberStudyConfig:
     no_language_key: str = "self-supervised"  # the key trained without language (C4)
     train: LimberTrainConfig = field(default_factory=LimberTrainConfig)  # projector training (encoder filled per key)
     ablations: bool = True  # clip_key also: closed form only, and default init + training (NLL only)
+    reference_seeds: int = 0  # the first N seeds also score the keys outside `ladder` and the ablations (0: every seed)
     likelihood_set: str = "objects?split=test&n=300"  # held-out images whose reference captions are scored (NLL)
     text_ceiling: bool = True  # also score each caption given another reference caption as text
     caption_sets: dict[str, str] = field(default_factory=lambda: {  # name -> generated-caption set (first = headline)

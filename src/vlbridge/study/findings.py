@@ -72,6 +72,27 @@ class NLLArrays:
     property: np.ndarray  # (N,) summed NLL over property-word tokens
     property_tokens: np.ndarray  # (N,)
 
+    def head(self, n: int) -> "NLLArrays":
+        """The first n units (the seeds a shorter row was scored on)."""
+        return NLLArrays(*(getattr(self, name)[:n] for name in
+                           ("total", "tokens", "category", "category_tokens", "property", "property_tokens")))
+
+
+def leading_groups(groups: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The seed groups of the first n units, or None when they all come from one seed.
+
+    A row scored on the first seeds only (`limber.reference_seeds`) holds a prefix of the units;
+    comparisons with it use the common prefix, one-seed intervals the plain bootstrap."""
+    if groups is None:
+        return None
+    part = groups[:n]
+    return part if len(np.unique(part)) > 1 else None
+
+
+def seed_count(groups: np.ndarray | None, n: int) -> int:
+    """How many seeds the first n units come from."""
+    return 1 if groups is None else len(np.unique(groups[:n]))
+
 
 @dataclass
 class Measurements:
@@ -101,9 +122,9 @@ def finding(claim_id: str, claim: str, metric: str, parts: list[Part], details: 
 
 
 def _accuracy_gap(a: np.ndarray, b: np.ndarray, groups) -> Interval:
-    columns = np.stack([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)], axis=1)
-    n = len(columns)
-    return interval(columns, lambda s: (s[:, 0] - s[:, 1]) / n, groups)
+    n = min(len(a), len(b))  # the units both were scored on (a common prefix of seeds)
+    columns = np.stack([np.asarray(a[:n], dtype=np.float64), np.asarray(b[:n], dtype=np.float64)], axis=1)
+    return interval(columns, lambda s: (s[:, 0] - s[:, 1]) / n, leading_groups(groups, n))
 
 
 def c1_zero_shot_vs_probe(m: Measurements) -> dict:
@@ -170,11 +191,18 @@ def _drop_gap(m: Measurements, shifts: list[str]) -> Interval:
 
 def _nll_gap(m: Measurements, worse: str, better: str, part: str = "") -> Interval:
     """NLL per token of `worse` minus that of `better` (nats; > 0: `better` transfers more), token-weighted."""
-    a, b = m.nll[worse], m.nll[better]
+    a, b, groups = _common(m, worse, better)
     num = {"": "total", "category": "category", "property": "property"}[part]
     den = {"": "tokens", "category": "category_tokens", "property": "property_tokens"}[part]
     columns = np.stack([getattr(a, num), getattr(a, den), getattr(b, num), getattr(b, den)], axis=1)
-    return interval(columns, lambda s: s[:, 0] / s[:, 1] - s[:, 2] / s[:, 3], m.caption_groups)
+    return interval(columns, lambda s: s[:, 0] / s[:, 1] - s[:, 2] / s[:, 3], groups)
+
+
+def _common(m: Measurements, first: str, second: str) -> tuple[NLLArrays, NLLArrays, np.ndarray | None]:
+    """Both conditions' NLL arrays over the units both were scored on, and those units' seed groups."""
+    a, b = m.nll[first], m.nll[second]
+    n = min(len(a.total), len(b.total))
+    return a.head(n), b.head(n), leading_groups(m.caption_groups, n)
 
 
 def c3_transfer(m: Measurements) -> dict:
@@ -189,11 +217,11 @@ def c4_language_supervision(m: Measurements, ladder: list[str]) -> dict:
     clip, none = m.clip_key, m.none_key
     category = _nll_gap(m, none, clip, "category")
     prop = _nll_gap(m, none, clip, "property")
-    a, b = m.nll[none], m.nll[clip]
+    a, b, groups = _common(m, none, clip)
     columns = np.stack([a.category, a.category_tokens, b.category, b.category_tokens,
                         a.property, a.property_tokens, b.property, b.property_tokens], axis=1)
     did = interval(columns, lambda s: (s[:, 0] / s[:, 1] - s[:, 2] / s[:, 3]) - (s[:, 4] / s[:, 5] - s[:, 6] / s[:, 7]),
-                   m.caption_groups)
+                   groups)
     steps = {f"{lower} -> {higher}": _nll_gap(m, lower, higher, "category") for lower, higher in zip(ladder, ladder[1:])
              if lower in m.nll and higher in m.nll}
     details = {"category_gain": {"effect": category.estimate, "ci95": category.as_list()},

@@ -8,8 +8,9 @@ Per encoder key and seed:
                       per word class (category / property); generated captions with CIDEr-D,
                       CLIP-S, RefCLIP-S and category / property word recall; per question,
                       open-ended and closed-set VQA accuracy at every shot count
-    build_baselines   the same NLL and VQA with no image (blind) and the NLL given another
-                      reference caption as text (the ceiling)
+    build_nll_baselines  the same NLL with no image (blind) and given another reference caption
+                      as text (the ceiling); seed-free, built once per study
+    build_baselines   the same VQA with no image (blind), with this seed's shots
 
 Every encoder is scored on the same images, captions and questions in the same order, so the
 findings can pair them. Features come from the FeatureStore (one encoder pass per image, ever).
@@ -215,16 +216,23 @@ def build_eval(config: StudyConfig, projector_dir: Path, store: FeatureStore, sc
     atomic_write_json(folder / "eval.json", result)
 
 
-def build_baselines(config: StudyConfig, projector_dir: Path, seed: int, folder: Path, fill=lambda s: s) -> None:
-    """eval.json of the no-image baselines: blind NLL, text-ceiling NLL, blind VQA."""
-    model = load_trained_limber(projector_dir, device=resolve_device(config.device))
+def build_nll_baselines(config: StudyConfig, projector_dir: Path, folder: Path, fill=lambda s: s) -> None:
+    """eval.json of the no-image NLL rows: blind (the floor) and, with `text_ceiling`, the text ceiling.
+    No seed: the frozen LM scores the same captions whatever the seed, so every seed reads one copy."""
+    model = load_trained_limber(projector_dir, device=resolve_device(config.device), with_encoder=False)
     limber = config.limber
     records = likelihood_records(config, fill)
     result: dict = {"nll": {"blind": baseline_nll(model.lm, records, limber.batch_size, ceiling=False)}}
     if limber.text_ceiling:
         result["nll"]["text"] = baseline_nll(model.lm, records, limber.batch_size, ceiling=True)
+    atomic_write_json(folder / "eval.json", result)
+
+
+def build_baselines(config: StudyConfig, projector_dir: Path, seed: int, folder: Path, fill=lambda s: s) -> None:
+    """eval.json of the blind VQA baseline: the same questions and this seed's shots, no image."""
+    model = load_trained_limber(projector_dir, device=resolve_device(config.device), with_encoder=False)
     questions, support = vqa_sets(config, fill)
-    result["vqa"] = vqa_eval(model, config, questions, support, seed, None, blind=True)
+    result = {"vqa": vqa_eval(model, config, questions, support, seed, None, blind=True)}
     atomic_write_json(folder / "eval.json", result)
 
 

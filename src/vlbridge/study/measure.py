@@ -49,14 +49,24 @@ def _groups(lengths: list[int]) -> np.ndarray | None:
 
 
 # ------------------------------------------------------------------------------------ per-unit arrays
-def nll_arrays(outputs, condition: str) -> F.NLLArrays | None:
-    rows = []
+def _leading(outputs, pick) -> list:
+    """pick(out) of the leading seeds that have it: a reference row or ablation scored on the first
+    `reference_seeds` seeds covers a prefix of every other row's units (the findings pair prefixes)."""
+    found = []
     for out in outputs:
-        source = out.baselines.get("nll", {}).get(condition) if condition in ("blind", "text") else \
-            out.evals.get(condition, {}).get("nll")
-        if source is None:
-            return None
-        rows += source
+        value = pick(out)
+        if value is None:
+            break
+        found.append(value)
+    return found
+
+
+def nll_arrays(outputs, condition: str) -> F.NLLArrays | None:
+    sources = _leading(outputs, lambda out: out.baselines.get("nll", {}).get(condition) if condition in ("blind", "text")
+                       else out.evals.get(condition, {}).get("nll"))
+    if not sources:
+        return None
+    rows = [row for source in sources for row in source]
     column = lambda name: np.array([r[name] for r in rows], dtype=np.float64)  # noqa: E731
     return F.NLLArrays(column("total"), column("tokens"), column("category"), column("category_tokens"),
                        column("property"), column("property_tokens"))
@@ -64,10 +74,11 @@ def nll_arrays(outputs, condition: str) -> F.NLLArrays | None:
 
 def vqa_arrays(outputs, condition: str, mode: str = "open_accuracy") -> dict[str, np.ndarray] | None:
     by_shots: dict[str, list[float]] = {}
-    for out in outputs:
-        source = out.baselines.get("vqa") if condition == "blind" else out.evals.get(condition, {}).get("vqa")
-        if source is None:
-            return None
+    sources = _leading(outputs, lambda out: out.baselines.get("vqa") if condition == "blind"
+                       else out.evals.get(condition, {}).get("vqa"))
+    if not sources:
+        return None
+    for source in sources:
         for shots, rows in source.items():
             by_shots.setdefault(shots, []).extend(
                 float("nan") if r[mode] is None else float(r[mode]) for r in rows)
@@ -177,12 +188,14 @@ def clip_tables(config: StudyConfig, outputs) -> dict:
 def likelihood_table(m: F.Measurements) -> dict:
     table = {}
     for condition, a in m.nll.items():
+        groups = F.leading_groups(m.caption_groups, len(a.total))
         table[condition] = {
-            "nll_per_token": _interval_dict(F.ratio_interval(a.total, a.tokens, m.caption_groups)),
-            "category": _interval_dict(F.ratio_interval(a.category, a.category_tokens, m.caption_groups)),
-            "property": _interval_dict(F.ratio_interval(a.property, a.property_tokens, m.caption_groups)),
+            "nll_per_token": _interval_dict(F.ratio_interval(a.total, a.tokens, groups)),
+            "category": _interval_dict(F.ratio_interval(a.category, a.category_tokens, groups)),
+            "property": _interval_dict(F.ratio_interval(a.property, a.property_tokens, groups)),
             "tokens": int(a.tokens.sum()), "category_tokens": int(a.category_tokens.sum()),
             "property_tokens": int(a.property_tokens.sum()),
+            "seeds": F.seed_count(m.caption_groups, len(a.total)),
         }
     return table
 
@@ -233,9 +246,11 @@ def vqa_table(m: F.Measurements, outputs, config: StudyConfig) -> dict:
         closed = vqa_arrays(outputs, condition, "closed_accuracy") or {}
         entry = {}
         for shots, values in m.vqa[condition].items():
-            row = {"open": _interval_dict(F.mean_interval(values, m.question_groups))}
+            groups = F.leading_groups(m.question_groups, len(values))
+            row = {"open": _interval_dict(F.mean_interval(values, groups)),
+                   "seeds": F.seed_count(m.question_groups, len(values))}
             if shots in closed and np.isfinite(closed[shots]).all():
-                row["closed"] = _interval_dict(F.mean_interval(closed[shots], m.question_groups))
+                row["closed"] = _interval_dict(F.mean_interval(closed[shots], groups))
             entry[shots] = row
         table[condition] = entry
     return table
@@ -307,7 +322,7 @@ def environment() -> dict:
 def projector_table(outputs) -> dict:
     table = {}
     for key in outputs[0].projector_info:
-        infos = [out.projector_info[key] for out in outputs]
+        infos = _leading(outputs, lambda out: out.projector_info.get(key))
         table[key] = {"steps": infos[0]["steps"], "final_loss": [i["final_loss"] for i in infos],
                       "init": infos[0].get("init", {})}
     return table

@@ -115,11 +115,20 @@ def encoder_rows(encoders: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def seeded_label(key: str, seeds: int | None, most: int) -> str:
+    """A row's name, saying so when it was scored on fewer seeds than the others (limber.reference_seeds)."""
+    if seeds is None or seeds >= most:
+        return key
+    return f"{key} (first seed only)" if seeds == 1 else f"{key} (first {seeds} seeds)"
+
+
 def likelihood_rows(likelihood: dict) -> tuple[list[str], list[list[str]]]:
     header = ["condition", "NLL / token [95 % CI]", "category words", "property words", "tokens"]
     order = sorted(likelihood, key=lambda k: likelihood[k]["nll_per_token"]["value"])
-    rows = [[k, fmt_ci(likelihood[k]["nll_per_token"]), fmt_ci(likelihood[k]["category"]),
-             fmt_ci(likelihood[k]["property"]), str(likelihood[k]["tokens"])] for k in order]
+    most = max((e.get("seeds", 1) for e in likelihood.values()), default=1)
+    rows = [[seeded_label(k, likelihood[k].get("seeds"), most), fmt_ci(likelihood[k]["nll_per_token"]),
+             fmt_ci(likelihood[k]["category"]), fmt_ci(likelihood[k]["property"]), str(likelihood[k]["tokens"])]
+            for k in order]
     return header, rows
 
 
@@ -148,8 +157,10 @@ def caption_rows(captioning: dict) -> tuple[list[str], list[list[str]]]:
 def vqa_rows(vqa: dict, mode: str) -> tuple[list[str], list[list[str]]]:
     shots = sorted({s for entry in vqa.values() for s in entry}, key=int)
     header = ["condition", *[f"{s}-shot" for s in shots]]
-    rows = [[key, *[fmt_ci(entry.get(s, {}).get(mode), True) for s in shots]] for key, entry in vqa.items()
-            if any(mode in entry.get(s, {}) for s in shots)]
+    seeds = {key: max((row.get("seeds", 1) for row in entry.values()), default=1) for key, entry in vqa.items()}
+    most = max(seeds.values(), default=1)
+    rows = [[seeded_label(key, seeds[key], most), *[fmt_ci(entry.get(s, {}).get(mode), True) for s in shots]]
+            for key, entry in vqa.items() if any(mode in entry.get(s, {}) for s in shots)]
     return header, rows
 
 

@@ -7,7 +7,8 @@ Stages per seed (each content-hashed, see cache.py; a rerun only redoes what cha
     projector/K      one LiMBeR projector per encoder key K; projector/clip:closed-form and
                      projector/clip:plain are the ablation rows
     eval/K           caption NLL, generated captions, few-shot VQA (NLL only for ablations)
-    baselines        blind NLL and VQA, text-ceiling NLL
+    baselines-nll    blind and text-ceiling NLL (no seed: built once, read by every seed)
+    baselines        blind VQA (this seed's shots)
 then `measure.assemble` turns the stage outputs into results.json (findings with intervals,
 tables, sizes, encoders, environment) and `report.write_report` writes report.md / .html.
 Keys are made from config sections and upstream keys, never from paths, and results.json holds
@@ -137,7 +138,8 @@ class SeedOutputs:
     rung_dirs: dict[str, Path] = field(default_factory=dict)  # rung -> its stage folder
     table_dir: Path | None = None  # the clip-table stage folder
     eval_dirs: dict[str, Path] = field(default_factory=dict)  # key (or key:variant) -> eval stage folder
-    baseline_dir: Path | None = None  # the baselines stage folder
+    baseline_dir: Path | None = None  # the blind-VQA baseline stage folder (this seed's shots)
+    nll_baseline_dir: Path | None = None  # the blind and text-ceiling NLL stage folder (the same for every seed)
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, announce=print,
@@ -150,7 +152,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, force: bool = False, ann
     run = StudyRun(config, force, announce, env)
     started = time.perf_counter()
     seeds = [config.seed + i for i in range(config.n_seeds)]
-    plans = [plan_seed(run, config, seed, tag=f"@{seed}" if config.n_seeds > 1 else "") for seed in seeds]
+    shared: dict[str, tuple[Path, str, str]] = {}  # stages every seed reads, planned once (see plan_seed)
+    plans = [plan_seed(run, config, seed, tag=f"@{seed}" if config.n_seeds > 1 else "", index=index, shared=shared)
+             for index, seed in enumerate(seeds)]
     run.execute([stage for _, stages in plans for stage in stages])
     outputs = [read_outputs(out) for out, _ in plans]
     return run.on_main(lambda: _finish(run, config, outputs, out_dir, time.perf_counter() - started))
@@ -168,20 +172,37 @@ def _finish(run: StudyRun, config: StudyConfig, outputs: list[SeedOutputs], out_
     return results
 
 
-def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[SeedOutputs, list[Stage]]:
+def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str, index: int = 0,
+              shared: dict[str, tuple[Path, str, str]] | None = None) -> tuple[SeedOutputs, list[Stage]]:
     """Every stage of one seed, in a valid sequential order, and where each will leave its output.
 
     Keys are made from config sections and upstream keys only, so the whole plan (and every
     folder) is known before anything runs; `read_outputs` reads the folders once all are built.
+    `index`: the seed's position (the first `limber.reference_seeds` also score the reference
+    encoders and the ablations). `shared`: stages that do not depend on the seed (the independent
+    scorer, the no-image NLL baselines) are planned by the first seed, recorded here as
+    {what: (folder, key, stage name)}, and only read by the others.
     """
     out = SeedOutputs(seed)
     stages: list[Stage] = []
     keys: dict[str, str] = {}  # placeholder -> stage key (what later keys depend on, instead of paths)
     names: dict[str, str] = {}  # placeholder -> stage name (what later stages wait for)
+    shared = {} if shared is None else shared
+    shared_names = {name for _, _, name in shared.values()}  # already full names: never tagged
 
-    def add(name: str, key: str, build, after=(), distributed: bool = False) -> Path:
-        stages.append(Stage(f"{name}{tag}", key, build, tuple(f"{a}{tag}" for a in after), distributed))
+    def add(name: str, key: str, build, after=(), distributed: bool = False, tagged: bool = True) -> Path:
+        full = f"{name}{tag}" if tagged else name
+        stages.append(Stage(full, key, build, tuple(a if a in shared_names else f"{a}{tag}" for a in after),
+                            distributed))
+        if not tagged:
+            shared_names.add(full)
         return run.cache.path(name, key)
+
+    def add_shared(what: str, name: str, key: str, build, after=()) -> tuple[Path, str, str]:
+        """A stage every seed reads: planned once, by the first seed that asks for it."""
+        if what not in shared:
+            shared[what] = (add(name, key, build, after, tagged=False), key, name)
+        return shared[what]
 
     if config.train_encoders:
         for rung in config.ladder.rungs:
@@ -192,10 +213,10 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[
             out.rung_dirs[rung] = path
             if rung == "clip":
                 out.folders["clip"], keys["clip"], names["clip"] = path, key, f"rung/{rung}"
-    if config.scorer.independent and config.train_encoders:
-        key = content_key("scorer", to_dict(config.ladder.train), to_dict(config.scorer), seed)
-        out.folders["scorer"] = add("scorer", key, lambda d: clip_stages.build_scorer(config, seed, d))
-        keys["scorer"], names["scorer"] = key, "scorer"
+    if config.scorer.independent and config.train_encoders:  # one scorer for every seed: it is the ruler, not a subject
+        key = content_key("scorer", to_dict(config.ladder.train), to_dict(config.scorer), config.seed)
+        out.folders["scorer"], keys["scorer"], names["scorer"] = add_shared(
+            "scorer", "scorer", key, lambda d: clip_stages.build_scorer(config, config.seed, d))
     elif "clip" in out.folders:
         out.folders["scorer"], keys["scorer"], names["scorer"] = out.folders["clip"], keys["clip"], names["clip"]
     filled = lambda template: fill(template, out.folders, config.paper)  # noqa: E731
@@ -215,8 +236,9 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[
     scorer = run.scorer(filled(limber.clip_scorer)) if limber.clip_scorer else lambda: None
     scorer_key = depends(limber.clip_scorer) if limber.clip_scorer else None
     scorer_waits = waits(limber.clip_scorer) if limber.clip_scorer else ()
-    variants = [(key, "trained") for key in limber.encoders]
-    if limber.ablations and limber.clip_key in limber.encoders:
+    every_row = not limber.reference_seeds or index < limber.reference_seeds  # else: the ladder's rows only
+    variants = [(key, "trained") for key in limber.encoders if every_row or key in limber.ladder]
+    if limber.ablations and limber.clip_key in limber.encoders and every_row:
         variants += [(limber.clip_key, "closed-form"), (limber.clip_key, "plain")]
     for key, variant in variants:
         template = limber.encoders[key]
@@ -232,9 +254,14 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str) -> tuple[
                                   lambda d, p=out.projectors[name], o=nll_only: limber_stages.build_eval(
                                       config, p, run.store, scorer(), seed, d, o, filled),
                                   after=(f"projector/{name}", *scorer_waits))
-    # the baselines carry no image: any projector's LM wrapper will do (the first planned)
+    # the baselines carry no image: any projector's LM wrapper will do (the first planned). Their NLL
+    # needs no seed either (a frozen LM scoring fixed captions), so every seed reads the first one's
     any_name = next(iter(out.projectors))
     any_projector = out.projectors[any_name]
+    out.nll_baseline_dir = add_shared(
+        "baselines-nll", "baselines-nll", content_key("baselines-nll", limber.train.lm, eval_config, paper),
+        lambda d: limber_stages.build_nll_baselines(config, any_projector, d, filled),
+        after=(f"projector/{any_name}",))[0]
     out.baseline_dir = add("baselines", content_key("baselines", limber.train.lm, eval_config, seed, paper),
                            lambda d: limber_stages.build_baselines(config, any_projector, seed, d, filled),
                            after=(f"projector/{any_name}",))
@@ -248,7 +275,7 @@ def read_outputs(out: SeedOutputs) -> SeedOutputs:
         out.clip_table = json.loads((out.table_dir / "table.json").read_text())
     out.projector_info = {name: json.loads((path / "losses.json").read_text()) for name, path in out.projectors.items()}
     out.evals = {name: limber_stages.read_eval(path) for name, path in out.eval_dirs.items()}
-    out.baselines = limber_stages.read_eval(out.baseline_dir)
+    out.baselines = {**limber_stages.read_eval(out.baseline_dir), **limber_stages.read_eval(out.nll_baseline_dir)}
     return out
 
 
