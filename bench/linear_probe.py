@@ -17,7 +17,12 @@ Features: K Gaussian class means in a rank-64 subspace (norm --separation) plus 
 offset and unit isotropic noise, like frozen image features (one shared mean direction, class
 structure in few directions); test samples come from the same distribution.
 
-    python bench/linear_probe.py [--sizes 1000x512x10,10000x512x100] [--test 2000]
+With --repeats R each size is drawn R times (feature seeds seed .. seed+R-1; the validation split
+follows the seed) and a summary line gives the mean top-1 difference (vlbridge minus scikit-learn)
+with its 95 % t-interval over the R draws and the geometric-mean speed-ups: one draw's difference
+is mostly which side's search happened to pick the better C on a small validation split.
+
+    python bench/linear_probe.py [--sizes 1000x512x10,10000x512x100] [--test 2000] [--repeats R]
         [--search-dtype float32|float64] [--dtype float32|float64] [--tolerance T] [--max-iter N] [--skip-sklearn]
 """
 
@@ -165,6 +170,19 @@ def at_reference_c(c, sk_final, x, y, x_test, y_test, num_classes, config):
     return top1, objective_and_gradient(probe.weight, probe.bias, x, y, c)[0], sk_objective, sk_gradient
 
 
+def summary(rows: list[tuple[float, float, float, float]]) -> str:
+    """One line over repeats of a size: rows of (top-1 vl, top-1 sk, wall speed-up, CPU speed-up)."""
+    from scipy import stats
+
+    gaps = 100 * np.array([vl - sk for vl, sk, _, _ in rows])  # points
+    half = stats.t.ppf(0.975, len(gaps) - 1) * gaps.std(ddof=1) / np.sqrt(len(gaps))
+    wall = float(np.exp(np.mean(np.log([r[2] for r in rows]))))
+    cpu = float(np.exp(np.mean(np.log([r[3] for r in rows]))))
+    return (f"  over {len(rows)} draws: top-1 vl - sk {gaps.mean():+.2f} points, 95 % CI [{gaps.mean() - half:+.2f}, "
+            f"{gaps.mean() + half:+.2f}] (per draw: {', '.join(f'{g:+.2f}' for g in gaps)}); "
+            f"speed-up geometric mean {wall:.1f}x wall ({cpu:.1f}x CPU)")
+
+
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     try:
         sizes = [tuple(int(part) for part in item.lower().split("x")) for item in text.split(",")]
@@ -187,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iter", type=int, default=defaults.max_iter, help=f"both sides' L-BFGS iterations per fit (default {defaults.max_iter})")
     parser.add_argument("--skip-sklearn", action="store_true", help="time vlbridge alone (profiling)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the features and the validation split (default 0)")
+    parser.add_argument("--repeats", type=int, default=1, help="draws per size, seeds seed..seed+R-1, with a summary line (default 1)")
     args = parser.parse_args(argv)
-    config = replace(defaults, dtype=args.dtype, search_dtype=args.search_dtype, tolerance=args.tolerance, max_iter=args.max_iter, seed=args.seed)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats wants a positive number of draws, got {args.repeats}")
+    config = replace(defaults, dtype=args.dtype, search_dtype=args.search_dtype, tolerance=args.tolerance,
+                     max_iter=args.max_iter, seed=args.seed)
     print(f"protocol: C in [{config.c_min:g}, {config.c_max:g}], {config.c_steps} coarse points, binary search to "
           f"1/{config.refine_per_decade} decade; tolerance {config.tolerance:g}, max_iter {config.max_iter}, vlbridge search {config.search_dtype}, refit {config.dtype}")
     print(f"threads: torch {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
@@ -197,23 +219,33 @@ def main(argv: list[str] | None = None) -> int:
               f"{'at sk C: top-1 vl':>17} | {'objective vl / sk':>21} | {'sk |grad|':>9}")
     print(header + "\n" + "-" * len(header))
     for num_samples, dim, num_classes in parse_sizes(args.sizes):
-        x, y = make_features(num_samples + args.test, dim, num_classes, args.separation, args.seed)
-        x, y, x_test, y_test = x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:]
-        ours_wall, ours_cpu, ours = timed(run_vlbridge, x, y, x_test, y_test, num_classes, config)
-        size = f"{num_samples:>6} x {dim:>4} x {num_classes:>3}"
-        if args.skip_sklearn:
-            print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | top-1 {100 * ours[0]:.2f}, C {ours[1]:.3g}", flush=True)
-            continue
-        ref_wall, ref_cpu, ref = timed(run_sklearn, x, y, x_test, y_test, num_classes, config)
-        early = stopped_early(ref[2], x, y, config)  # untimed
-        same_c = sklearn_top1_at(ours[1], x, y, x_test, y_test, config)
-        at_ref = at_reference_c(ref[1], ref[3], x, y, x_test, y_test, num_classes, config)
-        print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) / {len(ref[2]):>3} ({early:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | "
-              f"{ref_wall:7.1f} ({ref_cpu:6.1f}) | {ref_wall / ours_wall:5.1f}x ({ref_cpu / ours_cpu:5.1f}x) | "
-              f"{100 * ours[0]:6.2f} / {100 * ref[0]:6.2f} | {ours[1]:7.3g} / {ref[1]:7.3g} | {100 * same_c:10.2f} | "
-              f"{100 * at_ref[0]:17.2f} | {at_ref[1]:9.4g} / {at_ref[2]:9.4g} | {at_ref[3]:9.2g}", flush=True)
+        rows = [row for seed in range(args.seed, args.seed + args.repeats)
+                if (row := bench_size(num_samples, dim, num_classes, seed, args, config)) is not None]
+        if len(rows) > 1:
+            print(summary(rows), flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def bench_size(num_samples: int, dim: int, num_classes: int, seed: int, args, config: ProbeConfig):
+    """Print one row for one draw of one size; return (top-1 vl, top-1 sk, wall, CPU speed-ups), or None alone."""
+    config = replace(config, seed=seed)
+    x, y = make_features(num_samples + args.test, dim, num_classes, args.separation, seed)
+    x, y, x_test, y_test = x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:]
+    ours_wall, ours_cpu, ours = timed(run_vlbridge, x, y, x_test, y_test, num_classes, config)
+    size = f"{num_samples:>6} x {dim:>4} x {num_classes:>3}"
+    if args.skip_sklearn:
+        print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | top-1 {100 * ours[0]:.2f}, C {ours[1]:.3g}", flush=True)
+        return None
+    ref_wall, ref_cpu, ref = timed(run_sklearn, x, y, x_test, y_test, num_classes, config)
+    early = stopped_early(ref[2], x, y, config)  # untimed
+    same_c = sklearn_top1_at(ours[1], x, y, x_test, y_test, config)
+    at_ref = at_reference_c(ref[1], ref[3], x, y, x_test, y_test, num_classes, config)
+    print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) / {len(ref[2]):>3} ({early:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | "
+          f"{ref_wall:7.1f} ({ref_cpu:6.1f}) | {ref_wall / ours_wall:5.1f}x ({ref_cpu / ours_cpu:5.1f}x) | "
+          f"{100 * ours[0]:6.2f} / {100 * ref[0]:6.2f} | {ours[1]:7.3g} / {ref[1]:7.3g} | {100 * same_c:10.2f} | "
+          f"{100 * at_ref[0]:17.2f} | {at_ref[1]:9.4g} / {at_ref[2]:9.4g} | {at_ref[3]:9.2g}", flush=True)
+    return ours[0], ref[0], ref_wall / ours_wall, ref_cpu / ours_cpu
 
 
 if __name__ == "__main__":

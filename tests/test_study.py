@@ -287,3 +287,76 @@ def test_report_shows_wall_time_beside_overlapping_stage_times(tmp_path):
     assert "| sum of the stages | 50.0 |" in markdown and "| wall time of all stages | 31.5 |" in markdown
     assert "2 stages ran side by side (1 torch thread(s) each)" in markdown
     assert "stages 2 at a time on 1 torch thread(s) each" in markdown  # the machine line
+
+
+# ------------------------------------------------------------------------------------ rows on the first seeds
+def _with_reference_rows(out: SeedOutputs) -> SeedOutputs:
+    """Seed outputs plus an external encoder and its random twin (what reference_seeds limits)."""
+    for key, base in (("efficientnet", 3.5), ("random-efficientnet", 4.5)):
+        out.evals[key] = {**out.evals["labels"], "nll": _nll_rows([r["id"] for r in out.evals["labels"]["nll"]],
+                                                                   base, 0.2)}
+        out.projector_info[key] = dict(out.projector_info["labels"])
+    return out
+
+
+def _reference_config():
+    return load_study_config("quick", overrides=[
+        "clip_table.datasets=[shapes]", "limber.ablations=false", "limber.reference_seeds=1",
+        "limber.encoders={random: a, self-supervised: b, labels: c, clip: d, efficientnet: e, random-efficientnet: f}",
+        "limber.twins={self-supervised: random, labels: random, clip: random, efficientnet: random-efficientnet}"])
+
+
+def test_rows_scored_on_the_first_seed_only_pair_with_that_seed_and_say_so(tmp_path):
+    config = _reference_config()
+    seeds = [_with_reference_rows(_seed_outputs(0))] + [_seed_outputs(s) for s in (1, 2)]
+    results = measure.assemble(config, seeds, {})
+    alone = measure.assemble(config, seeds[:1], {})  # what seed 0 by itself gives
+    likelihood = results["likelihood"]
+    assert likelihood["efficientnet"]["seeds"] == 1 and likelihood["efficientnet"]["nll_per_token"]["n"] == 40
+    assert likelihood["clip"]["seeds"] == 3 and likelihood["clip"]["nll_per_token"]["n"] == 120
+    assert likelihood["efficientnet"]["nll_per_token"] == alone["likelihood"]["efficientnet"]["nll_per_token"]
+    c3 = next(f for f in results["findings"] if f["id"] == "C3")
+    part = next(p for p in c3["parts"] if p["name"] == "random-efficientnet minus efficientnet")
+    part_alone = next(p for p in next(f for f in alone["findings"] if f["id"] == "C3")["parts"]
+                      if p["name"] == part["name"])
+    assert part == part_alone and part["n"] == 40  # paired over seed 0's images, one-seed bootstrap
+    assert all(p["n"] == 120 for p in c3["parts"] if p is not part)  # the ladder's twins over all three seeds
+    assert results["vqa"]["efficientnet"]["4"]["seeds"] == 1 and results["vqa"]["clip"]["4"]["seeds"] == 3
+    assert results["vqa"]["efficientnet"]["4"]["open"]["n"] == 30
+    assert len(results["projectors"]["efficientnet"]["final_loss"]) == 1
+    assert len(results["projectors"]["clip"]["final_loss"]) == 3
+    markdown = write_report(results, tmp_path)["markdown"].read_text()
+    assert "| efficientnet (first seed only) |" in markdown and "| clip |" in markdown
+
+
+def test_a_three_seed_plan_builds_seed_free_stages_once_and_reference_rows_on_the_first_seed(tmp_path):
+    from vlbridge.study.runner import StudyRun, plan_seed
+    from vlbridge.study.schedule import check_plan
+
+    config = load_study_config("full", overrides=[f"cache_dir={tmp_path}"])
+    run = StudyRun(config, announce=lambda _line: None)
+    shared: dict = {}
+    plans = [plan_seed(run, config, seed, f"@{seed}", index, shared) for index, seed in enumerate((0, 1, 2))]
+    stages = [stage for _, part in plans for stage in part]
+    check_plan(stages)  # every stage waits only for stages planned before it
+    names = [stage.name for stage in stages]
+    assert names.count("scorer") == 1 and names.count("baselines-nll") == 1
+    assert [n for n in names if "efficientnet" in n or ":" in n.split("/")[-1].split("@")[0]] == [
+        n for n in names if n.endswith("@0") and ("efficientnet" in n or "clip:" in n)]
+    assert {n for n in names if n.startswith("eval/") and n.endswith("@2")} == {f"eval/{k}@2" for k in LADDER}
+    by_name = {stage.name: stage for stage in stages}
+    assert "scorer" in by_name["eval/labels@0"].after  # the first seed's captions are scored by the one scorer
+    assert by_name["eval/clip@2"].after == ("projector/clip@2",)  # later seeds generate no captions
+    outs = [out for out, _ in plans]
+    assert len({out.folders["scorer"] for out in outs}) == 1 and len({out.nll_baseline_dir for out in outs}) == 1
+    assert len({out.baseline_dir for out in outs}) == 3  # blind VQA draws each seed's shots
+
+
+def test_later_seeds_score_what_the_findings_pool_and_the_first_seeds_everything():
+    from vlbridge.study.runner import eval_parts
+
+    limber = load_study_config("full").limber
+    assert eval_parts(limber, "labels", "trained", every_row=True) == ("nll", "captions", "vqa")
+    assert eval_parts(limber, "clip", "closed-form", every_row=True) == ("nll",)  # an ablation row
+    assert eval_parts(limber, "clip", "trained", every_row=False) == ("nll", "vqa")  # C5 pools clip's VQA
+    assert eval_parts(limber, "labels", "trained", every_row=False) == ("nll",)  # C3 / C4 pool the NLL

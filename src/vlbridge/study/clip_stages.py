@@ -148,14 +148,19 @@ def build_clip_table(config: StudyConfig, clip_dir: Path, probe_specs: dict[str,
     result: dict = {"datasets": {}, "scorer": bundle.name, "shifts": []}
     for position, dataset in enumerate(table.datasets):
         shifts = table.shifts if position == 0 else []
-        result["datasets"][dataset] = _dataset_table(config, dataset, shifts, bundle, encoders, store, probe_config, seed)
+        # the same labelled images for every seed (as the captions and questions): seeds vary the models,
+        # and a pretrained reference encoder's features are extracted once for all of them
+        result["datasets"][dataset] = _dataset_table(config, dataset, shifts, bundle, encoders, store, probe_config,
+                                                     config.seed)
         if position == 0:
             result["shifts"] = list(shifts)
     atomic_write_json(folder / "table.json", result)
 
 
 def _dataset_table(config, dataset, shifts, bundle, encoders, store, probe_config, seed) -> dict:
-    """{"templates", "classes", "zero_shot": {condition: [0/1]}, "probes": {key: {condition: [0/1]}}, "C"}."""
+    """{"templates", "classes", "zero_shot": {condition: [0/1]}, "probes": {key: {condition: [0/1]}}, "C"}.
+
+    `seed` draws the labelled images; `probe_config.seed` the probes' validation split."""
     table = config.clip_table
     template_set, templates = templates_for(table.templates, dataset)
     train = labelled_split(dataset, "train", table.n_train, seed)

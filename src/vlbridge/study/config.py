@@ -67,7 +67,7 @@ class LimberStudyConfig:
     no_language_key: str = "self-supervised"  # the key trained without language (C4)
     train: LimberTrainConfig = field(default_factory=LimberTrainConfig)  # projector training (encoder filled per key)
     ablations: bool = True  # clip_key also: closed form only, and default init + training (NLL only)
-    reference_seeds: int = 0  # the first N seeds also score the keys outside `ladder` and the ablations (0: every seed)
+    reference_seeds: int = 0  # the first N seeds score every row; later ones only what C3-C5 pool (0: every seed scores all)
     likelihood_set: str = "objects?split=test&n=300"  # held-out images whose reference captions are scored (NLL)
     text_ceiling: bool = True  # also score each caption given another reference caption as text
     caption_sets: dict[str, str] = field(default_factory=lambda: {  # name -> generated-caption set (first = headline)

@@ -196,19 +196,24 @@ def stored_view(store: FeatureStore, encoder, dataset_name: str, split: str, rec
     return store.extract(encoder, dataset_name, split, records, load=False).stored.view()
 
 
+EVAL_PARTS = ("nll", "captions", "vqa")  # what an evaluation stage can score
+
+
 def build_eval(config: StudyConfig, projector_dir: Path, store: FeatureStore, scorer, seed: int, folder: Path,
-               nll_only: bool = False, fill=lambda s: s) -> None:
-    """eval.json of one projector: NLL rows, generated captions, VQA rows (NLL only for ablations)."""
+               parts: tuple[str, ...] = EVAL_PARTS, fill=lambda s: s) -> None:
+    """eval.json of one projector: NLL rows, generated captions, VQA rows, as `parts` asks (the NLL always;
+    ablations and the seeds after `reference_seeds` ask for less, see runner.eval_parts)."""
     model = load_trained_limber(projector_dir, device=resolve_device(config.device))
     limber = config.limber
     records = likelihood_records(config, fill)
     features = stored_view(store, model.encoder, fill(limber.likelihood_set), "nll", records)
     result: dict = {"nll": image_nll(model, records, features, limber.batch_size)}
-    if not nll_only:
+    if "captions" in parts:
         result["captioning"] = {}
         for name, caption_set in caption_records(config, fill).items():
             feats = stored_view(store, model.encoder, fill(limber.caption_sets[name]), "captions", caption_set)
             result["captioning"][name] = caption_eval(model, caption_set, feats, scorer, limber.batch_size)
+    if "vqa" in parts:
         questions, support = vqa_sets(config, fill)
         name = fill(f"{limber.vqa_queries}+{limber.vqa_support}")
         feats = stored_view(store, model.encoder, name, "vqa", questions + support)  # keyed by image id

@@ -208,8 +208,7 @@ def captioning_table(config: StudyConfig, outputs) -> dict:
     for key in config.limber.encoders:
         per_set: dict[str, Any] = {}
         for name in config.limber.caption_sets:
-            scores = [out.evals[key]["captioning"][name] for out in outputs
-                      if name in out.evals.get(key, {}).get("captioning", {})]
+            scores = _leading(outputs, lambda out: out.evals.get(key, {}).get("captioning", {}).get(name))
             if not scores:
                 continue
             entry = {metric: _seed_mean([s.get(metric) for s in scores]) for metric in CAPTION_METRICS}
@@ -220,6 +219,7 @@ def captioning_table(config: StudyConfig, outputs) -> dict:
                 wanted = np.array([s[f"{kind}_recall"][1] for s in samples], dtype=np.float64)
                 entry[f"{kind}_recall"] = _interval_dict(F.ratio_interval(hits, wanted, groups)) if wanted.sum() else None
             entry["n_images"] = len(samples)
+            entry["seeds"] = len(scores)
             entry["by_domain"] = scores[0].get("by_domain", {})  # first seed (domain splits are for the paper sets)
             entry["clip_scorer"] = portable_name(scores[0].get("clip_scorer"))
             per_set[name] = entry

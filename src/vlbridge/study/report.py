@@ -122,10 +122,10 @@ def seeded_label(key: str, seeds: int | None, most: int) -> str:
     return f"{key} (first seed only)" if seeds == 1 else f"{key} (first {seeds} seeds)"
 
 
-def likelihood_rows(likelihood: dict) -> tuple[list[str], list[list[str]]]:
+def likelihood_rows(likelihood: dict, seeds: int | None = None) -> tuple[list[str], list[list[str]]]:
     header = ["condition", "NLL / token [95 % CI]", "category words", "property words", "tokens"]
     order = sorted(likelihood, key=lambda k: likelihood[k]["nll_per_token"]["value"])
-    most = max((e.get("seeds", 1) for e in likelihood.values()), default=1)
+    most = seeds or max((e.get("seeds", 1) for e in likelihood.values()), default=1)
     rows = [[seeded_label(k, likelihood[k].get("seeds"), most), fmt_ci(likelihood[k]["nll_per_token"]),
              fmt_ci(likelihood[k]["category"]), fmt_ci(likelihood[k]["property"]), str(likelihood[k]["tokens"])]
             for k in order]
@@ -143,23 +143,25 @@ def clip_rows(clip: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def caption_rows(captioning: dict) -> tuple[list[str], list[list[str]]]:
+def caption_rows(captioning: dict, seeds: int | None = None) -> tuple[list[str], list[list[str]]]:
     header = ["encoder", "set", "CIDEr-D", "CLIP-S", "RefCLIP-S", "category recall %", "property recall %", "images"]
     rows = []
+    most = seeds or max((e.get("seeds", 1) for sets in captioning.values() for e in sets.values()), default=1)
     for key, sets in captioning.items():
         for name, e in sets.items():
-            rows.append([key, name, fmt(e.get("CIDEr-D")), fmt(e.get("CLIP-S")), fmt(e.get("RefCLIP-S")),
+            rows.append([seeded_label(key, e.get("seeds"), most), name, fmt(e.get("CIDEr-D")), fmt(e.get("CLIP-S")),
+                         fmt(e.get("RefCLIP-S")),
                          fmt_ci(e.get("category_recall"), True), fmt_ci(e.get("property_recall"), True),
                          str(e.get("n_images"))])
     return header, rows
 
 
-def vqa_rows(vqa: dict, mode: str) -> tuple[list[str], list[list[str]]]:
+def vqa_rows(vqa: dict, mode: str, seeds: int | None = None) -> tuple[list[str], list[list[str]]]:
     shots = sorted({s for entry in vqa.values() for s in entry}, key=int)
     header = ["condition", *[f"{s}-shot" for s in shots]]
-    seeds = {key: max((row.get("seeds", 1) for row in entry.values()), default=1) for key, entry in vqa.items()}
-    most = max(seeds.values(), default=1)
-    rows = [[seeded_label(key, seeds[key], most), *[fmt_ci(entry.get(s, {}).get(mode), True) for s in shots]]
+    covered = {key: max((row.get("seeds", 1) for row in entry.values()), default=1) for key, entry in vqa.items()}
+    most = seeds or max(covered.values(), default=1)
+    rows = [[seeded_label(key, covered[key], most), *[fmt_ci(entry.get(s, {}).get(mode), True) for s in shots]]
             for key, entry in vqa.items() if any(mode in entry.get(s, {}) for s in shots)]
     return header, rows
 
@@ -189,6 +191,7 @@ SCORER_CAVEAT = ("The CLIP-S / RefCLIP-S scorer is the ladder's own CLIP: it is 
 def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
     """(title, header, rows, note) for every table the results hold, in reading order."""
     out = []
+    seeds = results.get("sizes", {}).get("seeds")  # rows scored on fewer seeds say so
     if results.get("findings"):
         out.append(("Findings", *findings_rows(results["findings"]),
                     "Effects and intervals are paired bootstraps over images or questions (two-stage over seeds when "
@@ -201,7 +204,7 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]
                     "The ladder shares one backbone, its initial weights, training images, steps, batch and "
                     "augmentations; each rung's features are read at the same layer with the same width."))
     if results.get("likelihood"):
-        out.append(("Caption likelihood (primary captioning endpoint)", *likelihood_rows(results["likelihood"]),
+        out.append(("Caption likelihood (primary captioning endpoint)", *likelihood_rows(results["likelihood"], seeds),
                     "Mean negative log-likelihood per caption token (nats; lower is better) of held-out reference "
                     "captions given the image prefix. blind = no image (floor); text = another reference caption "
                     "given as text (ceiling)."))
@@ -216,13 +219,13 @@ def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]
                "said by at least half the references that the caption says."
         if not scorer.get("independent"):
             note += " " + SCORER_CAVEAT
-        out.append(("Generated captions", *caption_rows(results["captioning"]), note))
+        out.append(("Generated captions", *caption_rows(results["captioning"], seeds), note))
     if results.get("vqa"):
         template = results.get("config", {}).get("limber", {}).get("vqa_template")
-        out.append(("Few-shot VQA, open-ended (official accuracy, %, 95 % CI)", *vqa_rows(results["vqa"], "open"),
+        out.append(("Few-shot VQA, open-ended (official accuracy, %, 95 % CI)", *vqa_rows(results["vqa"], "open", seeds),
                     f"Greedy answers, first line. Every condition answers the same questions; blind removes the image "
                     f"tokens. Prompt wording: \"{template}\"."))
-        header, rows = vqa_rows(results["vqa"], "closed")
+        header, rows = vqa_rows(results["vqa"], "closed", seeds)
         if rows:
             out.append(("Few-shot VQA, closed set (ranked by likelihood, %, 95 % CI)", header, rows,
                         "The answer of highest likelihood among the answer type's vocabulary."))

@@ -227,7 +227,7 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str, index: in
         table = config.clip_table
         templates = (table.model, *table.probe_encoders.values())
         probe_specs = {key: filled(spec) for key, spec in table.probe_encoders.items()}
-        out.table_dir = add("clip-table", content_key("clip-table", depends(*templates), to_dict(table), seed),
+        out.table_dir = add("clip-table", content_key("clip-table", depends(*templates), to_dict(table), seed, config.seed),
                             lambda d: clip_stages.build_clip_table(config, out.folders["clip"], probe_specs,
                                                                   run.store, seed, d),
                             after=waits("{clip}", *templates))
@@ -248,12 +248,14 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str, index: in
                                    lambda d, t=template, v=variant: limber_stages.build_projector(
                                        config, filled(t), run.store, seed, d, v, filled, run.env),
                                    after=waits(template), distributed=True)
-        nll_only = variant != "trained"
-        out.eval_dirs[name] = add(f"eval/{name}", content_key("eval", projector_key, eval_config, scorer_key, nll_only,
+        parts = eval_parts(limber, key, variant, every_row)
+        # the key names the parts as before they could vary (nll_only), so earlier caches stay valid
+        parts_key = parts == ("nll",) if parts in (limber_stages.EVAL_PARTS, ("nll",)) else list(parts)
+        out.eval_dirs[name] = add(f"eval/{name}", content_key("eval", projector_key, eval_config, scorer_key, parts_key,
                                                               seed, paper),
-                                  lambda d, p=out.projectors[name], o=nll_only: limber_stages.build_eval(
-                                      config, p, run.store, scorer(), seed, d, o, filled),
-                                  after=(f"projector/{name}", *scorer_waits))
+                                  lambda d, p=out.projectors[name], o=parts: limber_stages.build_eval(
+                                      config, p, run.store, scorer() if "captions" in o else None, seed, d, o, filled),
+                                  after=(f"projector/{name}", *(scorer_waits if "captions" in parts else ())))
     # the baselines carry no image: any projector's LM wrapper will do (the first planned). Their NLL
     # needs no seed either (a frozen LM scoring fixed captions), so every seed reads the first one's
     any_name = next(iter(out.projectors))
@@ -266,6 +268,20 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str, index: in
                            lambda d: limber_stages.build_baselines(config, any_projector, seed, d, filled),
                            after=(f"projector/{any_name}",))
     return out, stages
+
+
+def eval_parts(limber, key: str, variant: str, every_row: bool) -> tuple[str, ...]:
+    """What the evaluation of projector `key` (`variant`) scores on one seed.
+
+    Ablations: the NLL only. On the first `reference_seeds` seeds (every_row): everything. On the
+    later ones, what the findings pool over seeds: the NLL of every ladder row (C3, C4) and the
+    caption-supervised row's VQA (C5); generated captions and the other rows' VQA are descriptive
+    tables, read from the first seeds."""
+    if variant != "trained":
+        return ("nll",)
+    if every_row:
+        return limber_stages.EVAL_PARTS
+    return ("nll", "vqa") if key == limber.clip_key else ("nll",)
 
 
 def read_outputs(out: SeedOutputs) -> SeedOutputs:
