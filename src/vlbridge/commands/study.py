@@ -21,7 +21,7 @@ Every stage is cached by the hash of its inputs: a rerun only redoes what change
 On a CPU the CPU presets build two independent stages at once, each in its own process with half
 the cores (workers=2; workers=1 runs them one after another in this process).
 Presets: quick (a smoke test, about 2 min on 2 CPU cores), default (`make demo`, 9-14 min),
-full (3 seeds, larger samples, an independent CLIP-S scorer; about 75 min estimated), paper (real-scale
+full (3 seeds, larger samples, an independent CLIP-S scorer; 55 min measured), paper (real-scale
 data and weights from the local paths in a config file; add --dry-run to validate the recipe on
 tiny stand-ins of the same formats and architectures).
 Under torchrun (torchrun --nproc_per_node N -m vlbridge study ...) the LiMBeR projectors train
