@@ -116,17 +116,16 @@ def encoder_rows(encoders: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def seeded_label(key: str, seeds: int | None, most: int) -> str:
-    """A row's name, saying so when it was scored on fewer seeds than the others (limber.reference_seeds)."""
+    """A row's name, saying so when it was scored on fewer of the study's `most` seeds (limber.reference_seeds)."""
     if seeds is None or seeds >= most:
         return key
     return f"{key} (first seed only)" if seeds == 1 else f"{key} (first {seeds} seeds)"
 
 
-def likelihood_rows(likelihood: dict, seeds: int | None = None) -> tuple[list[str], list[list[str]]]:
+def likelihood_rows(likelihood: dict, seeds: int = 1) -> tuple[list[str], list[list[str]]]:
     header = ["condition", "NLL / token [95 % CI]", "category words", "property words", "tokens"]
     order = sorted(likelihood, key=lambda k: likelihood[k]["nll_per_token"]["value"])
-    most = seeds or max((e.get("seeds", 1) for e in likelihood.values()), default=1)
-    rows = [[seeded_label(k, likelihood[k].get("seeds"), most), fmt_ci(likelihood[k]["nll_per_token"]),
+    rows = [[seeded_label(k, likelihood[k].get("seeds"), seeds), fmt_ci(likelihood[k]["nll_per_token"]),
              fmt_ci(likelihood[k]["category"]), fmt_ci(likelihood[k]["property"]), str(likelihood[k]["tokens"])]
             for k in order]
     return header, rows
@@ -143,25 +142,23 @@ def clip_rows(clip: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def caption_rows(captioning: dict, seeds: int | None = None) -> tuple[list[str], list[list[str]]]:
+def caption_rows(captioning: dict, seeds: int = 1) -> tuple[list[str], list[list[str]]]:
     header = ["encoder", "set", "CIDEr-D", "CLIP-S", "RefCLIP-S", "category recall %", "property recall %", "images"]
     rows = []
-    most = seeds or max((e.get("seeds", 1) for sets in captioning.values() for e in sets.values()), default=1)
     for key, sets in captioning.items():
         for name, e in sets.items():
-            rows.append([seeded_label(key, e.get("seeds"), most), name, fmt(e.get("CIDEr-D")), fmt(e.get("CLIP-S")),
+            rows.append([seeded_label(key, e.get("seeds"), seeds), name, fmt(e.get("CIDEr-D")), fmt(e.get("CLIP-S")),
                          fmt(e.get("RefCLIP-S")),
                          fmt_ci(e.get("category_recall"), True), fmt_ci(e.get("property_recall"), True),
                          str(e.get("n_images"))])
     return header, rows
 
 
-def vqa_rows(vqa: dict, mode: str, seeds: int | None = None) -> tuple[list[str], list[list[str]]]:
+def vqa_rows(vqa: dict, mode: str, seeds: int = 1) -> tuple[list[str], list[list[str]]]:
     shots = sorted({s for entry in vqa.values() for s in entry}, key=int)
     header = ["condition", *[f"{s}-shot" for s in shots]]
     covered = {key: max((row.get("seeds", 1) for row in entry.values()), default=1) for key, entry in vqa.items()}
-    most = seeds or max(covered.values(), default=1)
-    rows = [[seeded_label(key, covered[key], most), *[fmt_ci(entry.get(s, {}).get(mode), True) for s in shots]]
+    rows = [[seeded_label(key, covered[key], seeds), *[fmt_ci(entry.get(s, {}).get(mode), True) for s in shots]]
             for key, entry in vqa.items() if any(mode in entry.get(s, {}) for s in shots)]
     return header, rows
 
@@ -191,7 +188,7 @@ SCORER_CAVEAT = ("The CLIP-S / RefCLIP-S scorer is the ladder's own CLIP: it is 
 def sections(results: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
     """(title, header, rows, note) for every table the results hold, in reading order."""
     out = []
-    seeds = results.get("sizes", {}).get("seeds")  # rows scored on fewer seeds say so
+    seeds = results.get("sizes", {}).get("seeds", 1)  # rows scored on fewer of them say so
     if results.get("findings"):
         out.append(("Findings", *findings_rows(results["findings"]),
                     "Effects and intervals are paired bootstraps over images or questions (two-stage over seeds when "

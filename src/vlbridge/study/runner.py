@@ -178,8 +178,8 @@ def plan_seed(run: StudyRun, config: StudyConfig, seed: int, tag: str, index: in
 
     Keys are made from config sections and upstream keys only, so the whole plan (and every
     folder) is known before anything runs; `read_outputs` reads the folders once all are built.
-    `index`: the seed's position (the first `limber.reference_seeds` also score the reference
-    encoders and the ablations). `shared`: stages that do not depend on the seed (the independent
+    `index`: the seed's position (the first `limber.reference_seeds` score every row; later
+    seeds only what the findings pool, see eval_parts). `shared`: stages that do not depend on the seed (the independent
     scorer, the no-image NLL baselines) are planned by the first seed, recorded here as
     {what: (folder, key, stage name)}, and only read by the others.
     """
