@@ -13,9 +13,17 @@ regularised fits stop before converging (at max_iter, or, in scikit-learn, when 
 stops falling by more than 64 machine epsilons); so untimed columns refit
 scikit-learn at vlbridge's chosen C: the solvers agree when these accuracies do.
 
-Features: K Gaussian class means in a rank-64 subspace (norm --separation) plus a shared
-offset and unit isotropic noise, like frozen image features (one shared mean direction, class
-structure in few directions); test samples come from the same distribution.
+Features, synthetic by default: K Gaussian class means in a rank-64 subspace (norm --separation)
+plus a shared offset and unit isotropic noise, like frozen image features (one shared mean
+direction, class structure in few directions); test samples come from the same distribution.
+With N <= D such classes are linearly separable, the regime where the solvers' stopping rules
+decide the accuracy (see docs/BENCHMARKS.md).
+
+Real features with --encoder SPEC --dataset SPEC (e.g. efficientnet-lite0:96px on
+fashion-mnist): the encoder's pooled features of the dataset's train and test splits, through
+vlbridge's feature cache (--cache; `vlbridge extract` fills the same cache). --sizes then lists
+train sample counts (D and K come from the data); each draw takes a seeded random subset of
+the train split, and the test split (or a seeded --test subset of it) is the held-out set.
 
 With --repeats R each size is drawn R times (feature seeds seed .. seed+R-1; the validation split
 follows the seed) and a summary line gives the mean top-1 difference (vlbridge minus scikit-learn)
@@ -24,6 +32,7 @@ is mostly which side's search happened to pick the better C on a small validatio
 
     python bench/linear_probe.py [--sizes 1000x512x10,10000x512x100] [--test 2000] [--repeats R]
         [--search-dtype float32|float64] [--dtype float32|float64] [--tolerance T] [--max-iter N] [--skip-sklearn]
+    python bench/linear_probe.py --encoder efficientnet-lite0:96px --dataset fashion-mnist --sizes 1000,10000,50000
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,6 +51,8 @@ import torch
 from vlbridge.evaluation.linear_probe import ProbeConfig, best_row, fit_probe, search_c, select_and_fit, stratified_split
 
 DEFAULT_SIZES = "1000x512x10,10000x512x100"  # samples x dims x classes; finishes in a few minutes on 2 cores
+DEFAULT_REAL_SIZES = "1000,10000"  # train samples drawn from a real dataset's train split
+DEFAULT_SYNTHETIC_TEST = 2000  # held-out synthetic samples per draw
 CLASS_RANK = 64  # dimension of the subspace the class means span
 # scikit-learn's lbfgs keeps float32 input in float32 and then stops on its relative-loss test
 # (64 machine epsilons) at float32 precision: on 1000 x 512 x 10 at C=10 it ends 0.5 % above the
@@ -183,21 +194,81 @@ def summary(rows: list[tuple[float, float, float, float]]) -> str:
             f"speed-up geometric mean {wall:.1f}x wall ({cpu:.1f}x CPU)")
 
 
-def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+def parse_sizes(text: str, real: bool) -> list[tuple[int, ...]]:
+    """[(N, D, K), ...] for synthetic features, [(N,), ...] (train samples) for real ones."""
+    parts, want = (1, "N[,N...] (train samples)") if real else (3, "NxDxK[,NxDxK...] (samples x dims x classes)")
     try:
         sizes = [tuple(int(part) for part in item.lower().split("x")) for item in text.split(",")]
     except ValueError:
         sizes = []
-    if not sizes or any(len(size) != 3 or min(size) < 2 for size in sizes):
-        raise SystemExit(f"--sizes wants NxDxK[,NxDxK...] (samples x dims x classes), got {text!r}")
+    if not sizes or any(len(size) != parts or min(size) < 2 for size in sizes):
+        raise SystemExit(f"--sizes wants {want}, got {text!r}")
     return sizes
+
+
+@dataclass
+class RealFeatures:
+    """An encoder's pooled features of a labelled dataset's train and test splits."""
+
+    name: str  # "encoder on dataset", for the header
+    x: np.ndarray  # (N_train, D) float32 train features
+    y: np.ndarray  # (N_train,) int64 class indices
+    x_test: np.ndarray  # (N_test, D) float32
+    y_test: np.ndarray  # (N_test,) int64
+    num_classes: int  # classes of the dataset (shared by both splits)
+
+
+def load_real_features(encoder_spec: str, dataset_spec: str, cache: str | None, batch_size: int = 64) -> RealFeatures:
+    """Features of `dataset_spec`'s train and test splits under `encoder_spec`, from (or into) the feature cache."""
+    from vlbridge.data.datasets import load_dataset
+    from vlbridge.data.features import default_feature_root
+    from vlbridge.evaluation.features_io import eval_store, labelled_features
+    from vlbridge.models.registry import build_encoder
+
+    encoder = build_encoder(encoder_spec)
+    store = eval_store(cache or default_feature_root(), batch_size)
+    splits = {split: load_dataset(dataset_spec, "classification", split=split) for split in ("train", "test")}
+    train, test = (labelled_features(store, encoder, data, batch_size) for data in splits.values())
+    return RealFeatures(f"{encoder.encoder_id} on {splits['train'].name}", train.features.numpy(), train.labels.numpy(),
+                        test.features.numpy(), test.labels.numpy(), len(splits["train"].classnames))
+
+
+def feature_draws(args, real: RealFeatures | None):
+    """(size label, seed, x, y, x_test, y_test, num_classes) for every size and draw the arguments ask for."""
+    seeds = range(args.seed, args.seed + args.repeats)
+    if real is None:
+        for num_samples, dim, num_classes in parse_sizes(args.sizes or DEFAULT_SIZES, real=False):
+            for seed in seeds:
+                x, y = make_features(num_samples + args.test, dim, num_classes, args.separation, seed)
+                yield (f"{num_samples:>6} x {dim:>4} x {num_classes:>3}", seed,
+                       x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:], num_classes)
+        return
+    for (num_samples,) in parse_sizes(args.sizes or DEFAULT_REAL_SIZES, real=True):
+        if num_samples > len(real.y):
+            raise SystemExit(f"--sizes asks for {num_samples} train samples; the train split has {len(real.y)}")
+        for seed in seeds:
+            yield (f"{num_samples:>6} x {real.x.shape[1]:>4} x {real.num_classes:>3}", seed,
+                   *real_draw(real, num_samples, args.test, seed), real.num_classes)
+
+
+def real_draw(real: RealFeatures, num_samples: int, test: int | None, seed: int):
+    """(x, y, x_test, y_test): a seeded subset of num_samples train rows; the test split, or a seeded subset of `test` rows."""
+    rng = np.random.default_rng(seed)
+    train_rows = np.sort(rng.permutation(len(real.y))[:num_samples])
+    test_rows = np.arange(len(real.y_test)) if test is None else np.sort(rng.permutation(len(real.y_test))[:test])
+    return real.x[train_rows], real.y[train_rows], real.x_test[test_rows], real.y_test[test_rows]
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults = ProbeConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"train samples x dims x classes, comma-separated (default {DEFAULT_SIZES})")
-    parser.add_argument("--test", type=int, default=2000, help="held-out test samples per size (default 2000)")
+    parser.add_argument("--sizes", help=f"train samples x dims x classes, comma-separated (default {DEFAULT_SIZES}); "
+                        f"with --encoder, train sample counts (default {DEFAULT_REAL_SIZES})")
+    parser.add_argument("--test", type=int, help=f"held-out test samples per draw (default {DEFAULT_SYNTHETIC_TEST}; "
+                        "with --encoder, the whole test split)")
+    parser.add_argument("--encoder", help="probe this image encoder's features (any `vlbridge extract` encoder spec) instead of synthetic ones")
+    parser.add_argument("--dataset", help="with --encoder: the labelled dataset with train and test splits (e.g. fashion-mnist)")
+    parser.add_argument("--cache", help="with --encoder: the feature cache folder (default <VLBRIDGE_CACHE>/features)")
     parser.add_argument("--separation", type=float, default=4.0, help="norm of the class means vs unit noise (default 4)")
     parser.add_argument("--search-dtype", default=defaults.search_dtype, choices=["float32", "float64"], help=f"vlbridge's dtype along the C search (default {defaults.search_dtype})")
     parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "float64"], help=f"vlbridge's dtype of the final refit (default {defaults.dtype})")
@@ -209,32 +280,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"--repeats wants a positive number of draws, got {args.repeats}")
+    if (args.encoder is None) != (args.dataset is None):
+        raise SystemExit("--encoder and --dataset go together (real features), or neither (synthetic ones)")
+    if args.test is not None and args.test < 1:
+        raise SystemExit(f"--test wants a positive number of samples, got {args.test}")
+    if args.encoder is None and args.test is None:
+        args.test = DEFAULT_SYNTHETIC_TEST
     config = replace(defaults, dtype=args.dtype, search_dtype=args.search_dtype, tolerance=args.tolerance,
                      max_iter=args.max_iter, seed=args.seed)
     print(f"protocol: C in [{config.c_min:g}, {config.c_max:g}], {config.c_steps} coarse points, binary search to "
           f"1/{config.refine_per_decade} decade; tolerance {config.tolerance:g}, max_iter {config.max_iter}, vlbridge search {config.search_dtype}, refit {config.dtype}")
+    real = None
+    if args.encoder is not None:
+        parse_sizes(args.sizes or DEFAULT_REAL_SIZES, real=True)  # a bad --sizes fails before the features load
+        real = load_real_features(args.encoder, args.dataset, args.cache)
+        print(f"features: {real.name}, train {real.x.shape[0]} x {real.x.shape[1]}, test {real.x_test.shape[0]}, {real.num_classes} classes")
     print(f"threads: torch {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     header = (f"{'N x D x K':>18} | {'fits (capped/early)':>19} | {'vlbridge s (CPU)':>16} | {'sklearn s (CPU)':>16} | "
               f"{'speed-up (CPU)':>15} | {'top-1 vl / sk':>15} | {'chosen C vl / sk':>17} | {'sk at vl C':>10} | "
               f"{'at sk C: top-1 vl':>17} | {'objective vl / sk':>21} | {'sk |grad|':>9}")
     print(header + "\n" + "-" * len(header))
-    for num_samples, dim, num_classes in parse_sizes(args.sizes):
-        rows = [row for seed in range(args.seed, args.seed + args.repeats)
-                if (row := bench_size(num_samples, dim, num_classes, seed, args, config)) is not None]
-        if len(rows) > 1:
-            print(summary(rows), flush=True)
+    rows_by_size: dict[str, list] = {}
+    for size, seed, *draw in feature_draws(args, real):
+        if (row := bench_draw(size, *draw, args.skip_sklearn, replace(config, seed=seed))) is not None:
+            rows_by_size.setdefault(size, []).append(row)
+            if len(rows_by_size[size]) == args.repeats > 1:
+                print(summary(rows_by_size[size]), flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
 
-def bench_size(num_samples: int, dim: int, num_classes: int, seed: int, args, config: ProbeConfig):
+def bench_draw(size: str, x, y, x_test, y_test, num_classes: int, skip_sklearn: bool, config: ProbeConfig):
     """Print one row for one draw of one size; return (top-1 vl, top-1 sk, wall, CPU speed-ups), or None alone."""
-    config = replace(config, seed=seed)
-    x, y = make_features(num_samples + args.test, dim, num_classes, args.separation, seed)
-    x, y, x_test, y_test = x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:]
     ours_wall, ours_cpu, ours = timed(run_vlbridge, x, y, x_test, y_test, num_classes, config)
-    size = f"{num_samples:>6} x {dim:>4} x {num_classes:>3}"
-    if args.skip_sklearn:
+    if skip_sklearn:
         print(f"{size} | {ours[2]:>3} ({ours[3]:>2}) | {ours_wall:7.1f} ({ours_cpu:6.1f}) | top-1 {100 * ours[0]:.2f}, C {ours[1]:.3g}", flush=True)
         return None
     ref_wall, ref_cpu, ref = timed(run_sklearn, x, y, x_test, y_test, num_classes, config)
