@@ -233,17 +233,17 @@ def load_real_features(encoder_spec: str, dataset_spec: str, cache: str | None, 
                         test.features.numpy(), test.labels.numpy(), len(splits["train"].classnames))
 
 
-def feature_draws(args, real: RealFeatures | None):
-    """(size label, seed, x, y, x_test, y_test, num_classes) for every size and draw the arguments ask for."""
+def feature_draws(args, sizes: list[tuple[int, ...]], real: RealFeatures | None):
+    """(size label, seed, x, y, x_test, y_test, num_classes) for every size (parse_sizes') and draw the arguments ask for."""
     seeds = range(args.seed, args.seed + args.repeats)
     if real is None:
-        for num_samples, dim, num_classes in parse_sizes(args.sizes or DEFAULT_SIZES, real=False):
+        for num_samples, dim, num_classes in sizes:
             for seed in seeds:
                 x, y = make_features(num_samples + args.test, dim, num_classes, args.separation, seed)
                 yield (f"{num_samples:>6} x {dim:>4} x {num_classes:>3}", seed,
                        x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:], num_classes)
         return
-    for (num_samples,) in parse_sizes(args.sizes or DEFAULT_REAL_SIZES, real=True):
+    for (num_samples,) in sizes:
         if num_samples > len(real.y):
             raise SystemExit(f"--sizes asks for {num_samples} train samples; the train split has {len(real.y)}")
         for seed in seeds:
@@ -291,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"protocol: C in [{config.c_min:g}, {config.c_max:g}], {config.c_steps} coarse points, binary search to "
           f"1/{config.refine_per_decade} decade; tolerance {config.tolerance:g}, max_iter {config.max_iter}, vlbridge search {config.search_dtype}, refit {config.dtype}")
     real = None
+    sizes = parse_sizes(args.sizes or (DEFAULT_SIZES if args.encoder is None else DEFAULT_REAL_SIZES),
+                        real=args.encoder is not None)  # a bad --sizes fails before any features load
     if args.encoder is not None:
-        parse_sizes(args.sizes or DEFAULT_REAL_SIZES, real=True)  # a bad --sizes fails before the features load
         real = load_real_features(args.encoder, args.dataset, args.cache)
         print(f"features: {real.name}, train {real.x.shape[0]} x {real.x.shape[1]}, test {real.x_test.shape[0]}, {real.num_classes} classes")
     print(f"threads: torch {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'at sk C: top-1 vl':>17} | {'objective vl / sk':>21} | {'sk |grad|':>9}")
     print(header + "\n" + "-" * len(header))
     rows_by_size: dict[str, list] = {}
-    for size, seed, *draw in feature_draws(args, real):
+    for size, seed, *draw in feature_draws(args, sizes, real):
         if (row := bench_draw(size, *draw, args.skip_sklearn, replace(config, seed=seed))) is not None:
             rows_by_size.setdefault(size, []).append(row)
             if len(rows_by_size[size]) == args.repeats > 1:
